@@ -11,15 +11,17 @@ namespace Palm.Inference.Tokenizer;
 /// </summary>
 /// <remarks>
 /// <para>
-/// Encoder choice: this class uses its own encoder rather than <c>Microsoft.ML.Tokenizers</c>'
-/// <c>TiktokenTokenizer</c>. That tokenizer ranks <em>byte sequences</em> (it merges any adjacent pair whose
-/// concatenation is in the vocabulary), whereas Palm's format is a list of <em>pair</em> merges. The two agree only
-/// when every token has a unique byte sequence and no non-merge pair concatenates to a token; neither is guaranteed
-/// for merges loaded through <see cref="FromMerges"/> (BPE can produce the same bytes via two merge paths, e.g. in
-/// whitespace runs, which a rank file cannot even represent). It also always recognises special tokens in the input
-/// (plain-text treatment would need a second instance) and applies its own UTF-8 replacement rules. Our encoder is a
-/// few hundred lines, exact by construction, and fast enough (chunk cache + rank-ordered merge loop), so the
-/// dependency did not earn its place.
+/// Encoder choice: this class uses its own encoder, not <c>Microsoft.ML.Tokenizers</c> 2.0.1's <c>TiktokenTokenizer</c>
+/// (our trainer is used either way). We built a <c>TiktokenTokenizer</c> from our merges (a rank file of each token's
+/// bytes, <c>RegexPreTokenizer</c> over <see cref="SplitPattern.Gpt4Regex"/>) for an 8,192-token vocabulary trained on
+/// ~17 M characters. Its ids matched ours on every corpus line, but: (1) it encodes a lone surrogate as its WTF-8 bytes
+/// (ED A0 80), which decode to three U+FFFD instead of one; (2) it ranks <em>byte sequences</em>, merging any adjacent
+/// pair whose concatenation is a token, whereas Palm's format is ranked <em>pair</em> merges. For merges loaded
+/// through <see cref="FromMerges"/> the two can differ (with merges (b,c), (a,b), (ab,c) we encode "abc" as [a, bc] and
+/// it gives [abc]), and a rank file cannot hold two merges that yield the same bytes; (3) whether special tokens in
+/// the text are recognised is fixed per instance, so the plain-text option would need a second instance; (4) it was
+/// slower (0.57 s against our 0.35 s for those 17 M characters). Our encoder is exact by construction, so the
+/// dependency was not added.
 /// </para>
 /// <para>
 /// Text is UTF-16; a lone surrogate is not valid Unicode and is encoded as the bytes of U+FFFD, so

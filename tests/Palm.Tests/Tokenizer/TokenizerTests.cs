@@ -180,6 +180,8 @@ public class TokenizerTests
         Assert.Equal(['a', 256], t.Encode("abc"));
         Assert.Equal([257, 'd'], t.Encode("abd"));
         Assert.Equal([258, 'b'], t.Encode("bcbcb")); // (b,c) twice, then the rank-2 merge of the two bc's
+        // A token reachable by another merge path is not used: pair ranks, not byte-sequence ranks (unlike tiktoken).
+        Assert.Equal(['a', 256], BpeTokenizer.FromMerges([(98, 99), (97, 98), (257, 99)]).Encode("abc"));
     }
 
     [Fact]

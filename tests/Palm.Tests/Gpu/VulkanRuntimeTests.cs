@@ -31,6 +31,24 @@ public sealed class VulkanRuntimeTests : IDisposable
         if (fixture.Context is { } ctx) Validation.AssertClean(ctx, nameof(VulkanRuntimeTests));
     }
 
+    /// <summary>
+    /// Runs <paramref name="body"/> on a context of its own and checks validation only after
+    /// disposing it, so that objects leaked past vkDestroyDevice fail the test too.
+    /// </summary>
+    static void WithContext(VulkanOptions options, Action<VulkanContext> body)
+    {
+        var ctx = VulkanContext.Create(options);
+        try
+        {
+            body(ctx);
+        }
+        finally
+        {
+            ctx.Dispose();
+        }
+        Validation.AssertClean(ctx, options.PipelineCacheDir);
+    }
+
     float[] Uniform(Random rng, int n, double scale = 1)
     {
         var a = new float[n];
@@ -132,8 +150,7 @@ public sealed class VulkanRuntimeTests : IDisposable
     public void Staging_path_works_when_device_memory_is_not_mapped()
     {
         // lavapipe's memory is host-visible; ForceStaging takes the discrete-GPU path anyway.
-        using var ctx = VulkanContext.Create(VulkanFixture.Options("staging") with { ForceStaging = true });
-        try
+        WithContext(VulkanFixture.Options("staging") with { ForceStaging = true }, ctx =>
         {
             Assert.False(ctx.Capabilities.DeviceLocalIsHostVisible);
             var rng = new Random(seed);
@@ -155,31 +172,28 @@ public sealed class VulkanRuntimeTests : IDisposable
             Linear.Reference(x, w, 5, 3, 9, false, expected);
             Tolerance.AssertClose(ty.ToArray(), Array.ConvertAll(expected, v => (double)v), Tolerance.ForReduction(9), Tolerance.F32Rtol, "staged linear", seed, 3);
             Assert.True(ctx.Transfers.StagedCopies > 0);
-        }
-        finally
-        {
-            Validation.AssertClean(ctx, "staging context");
-        }
+        });
     }
 
     [VulkanFact]
     public void Tensors_are_sub_allocated_from_shared_blocks()
     {
-        using var ctx = VulkanContext.Create(VulkanFixture.Options("blocks") with { BlockBytes = 1 << 20 });
-        var tensors = Enumerable.Range(0, 100).Select(i => ctx.CreateTensor(GpuDType.F32, 1 + i % 7, 37)).ToList();
-        Assert.Equal(1, ctx.Memory.BlockCount);
-        Assert.All(tensors, t => Assert.Equal(0UL, t.Offset % ctx.Memory.Alignment));
-        Assert.Equal(100, tensors.Select(t => t.Offset).Distinct().Count());
+        WithContext(VulkanFixture.Options("blocks") with { BlockBytes = 1 << 20 }, ctx =>
+        {
+            var tensors = Enumerable.Range(0, 100).Select(i => ctx.CreateTensor(GpuDType.F32, 1 + i % 7, 37)).ToList();
+            Assert.Equal(1, ctx.Memory.BlockCount);
+            Assert.All(tensors, t => Assert.Equal(0UL, t.Offset % ctx.Memory.Alignment));
+            Assert.Equal(100, tensors.Select(t => t.Offset).Distinct().Count());
 
-        using (var big = ctx.CreateTensor(GpuDType.F32, 1 << 19)) // 2 MiB > block size: its own block
-            Assert.Equal(2, ctx.Memory.BlockCount);
+            using (var big = ctx.CreateTensor(GpuDType.F32, 1 << 19)) // 2 MiB > block size: its own block
+                Assert.Equal(2, ctx.Memory.BlockCount);
 
-        var block = tensors[0].Allocation.Block;
-        foreach (var t in tensors) t.Dispose();
-        Assert.True(block.Free.IsEmpty);
-        using var again = ctx.CreateTensor(GpuDType.F32, 10);
-        Assert.Equal(2, ctx.Memory.BlockCount); // freed space is reused, no new block
-        Validation.AssertClean(ctx, "blocks context");
+            var block = tensors[0].Allocation.Block;
+            foreach (var t in tensors) t.Dispose();
+            Assert.True(block.Free.IsEmpty);
+            using var again = ctx.CreateTensor(GpuDType.F32, 10);
+            Assert.Equal(2, ctx.Memory.BlockCount); // freed space is reused, no new block
+        });
     }
 
     /// <summary>Every pipeline the kernels above create, as (shader, bindings, push bytes, spec).</summary>
@@ -203,7 +217,8 @@ public sealed class VulkanRuntimeTests : IDisposable
         string path;
         double firstMs;
         int count;
-        using (var first = VulkanContext.Create(options))
+        var first = VulkanContext.Create(options);
+        try
         {
             CreateKernelPipelines(first);
             firstMs = first.Pipelines.CreateMs;
@@ -216,8 +231,12 @@ public sealed class VulkanRuntimeTests : IDisposable
             var again = first.Pipelines.Get("linear", 3, 12, t.BM, t.BN, t.BK, t.RM, t.RN, t.Threads);
             Assert.Same(first.Pipelines.All.First(p => p.Key == again.Key), again);
             Assert.Equal(count, first.Pipelines.Count);
-            Validation.AssertClean(first, "first start");
         }
+        finally
+        {
+            first.Dispose();
+        }
+        Validation.AssertClean(first, "first start");
         var firstTotal = sw.Elapsed.TotalMilliseconds;
         Assert.True(File.Exists(path), $"pipeline cache not written to {path}");
         Assert.True(new FileInfo(path).Length > 0);
@@ -225,15 +244,20 @@ public sealed class VulkanRuntimeTests : IDisposable
         sw.Restart();
         double secondMs;
         int? hits;
-        using (var second = VulkanContext.Create(options))
+        var second = VulkanContext.Create(options);
+        try
         {
             Assert.Equal((int)new FileInfo(path).Length, second.Pipelines.LoadedBytes);
             CreateKernelPipelines(second);
             secondMs = second.Pipelines.CreateMs;
             var feedback = second.Pipelines.All.Where(p => p.CacheHit.HasValue).ToList();
             hits = feedback.Count > 0 ? feedback.Count(p => p.CacheHit == true) : null;
-            Validation.AssertClean(second, "second start");
         }
+        finally
+        {
+            second.Dispose();
+        }
+        Validation.AssertClean(second, "second start");
         var secondTotal = sw.Elapsed.TotalMilliseconds;
         output.WriteLine($"{Ctx.Capabilities.DeviceName}: {count} pipelines, cache file {new FileInfo(path).Length} bytes");
         output.WriteLine($"first start:  pipelines {firstMs:F1} ms (context + pipelines + save {firstTotal:F1} ms)");
@@ -244,32 +268,33 @@ public sealed class VulkanRuntimeTests : IDisposable
     [VulkanFact]
     public void Profiling_reports_per_kernel_gpu_time()
     {
-        using var ctx = VulkanContext.Create(VulkanFixture.Options("profile") with { Profile = true });
-        if (!ctx.Capabilities.Timestamps)
+        WithContext(VulkanFixture.Options("profile") with { Profile = true }, ctx =>
         {
-            output.WriteLine("device has no timestamps: profiling is off");
-            Assert.Null(ctx.Profiler);
-            return;
-        }
-        var rng = new Random(seed);
-        using var x = ctx.CreateTensor(Uniform(rng, 16 * 32), GpuDType.F32, 16, 32);
-        using var w = ctx.CreateTensor(Uniform(rng, 32 * 32), GpuDType.F32, 32, 32);
-        using var y = ctx.CreateTensor(GpuDType.F32, 16, 32);
-        using (var rec = new CommandRecorder(ctx))
-        {
-            for (var i = 0; i < 3; i++)
+            if (!ctx.Capabilities.Timestamps)
             {
-                Linear.Record(rec, ctx, x, w, false, y);
-                RmsNorm.Record(rec, ctx, y, x);
+                output.WriteLine("device has no timestamps: profiling is off");
+                Assert.Null(ctx.Profiler);
+                return;
             }
-            rec.Submit();
-        }
-        var totals = ctx.Profiler!.Totals;
-        Assert.Equal(3, totals.Where(kv => kv.Key.StartsWith("linear<")).Sum(kv => kv.Value.Calls));
-        Assert.Equal(3, totals.Where(kv => kv.Key.StartsWith("rmsnorm<")).Sum(kv => kv.Value.Calls));
-        Assert.All(totals.Values, t => Assert.True(t.Ns > 0));
-        output.WriteLine(ctx.Profiler.FormatTable());
-        Validation.AssertClean(ctx, "profile context");
+            var rng = new Random(seed);
+            using var x = ctx.CreateTensor(Uniform(rng, 16 * 32), GpuDType.F32, 16, 32);
+            using var w = ctx.CreateTensor(Uniform(rng, 32 * 32), GpuDType.F32, 32, 32);
+            using var y = ctx.CreateTensor(GpuDType.F32, 16, 32);
+            using (var rec = new CommandRecorder(ctx))
+            {
+                for (var i = 0; i < 3; i++)
+                {
+                    Linear.Record(rec, ctx, x, w, false, y);
+                    RmsNorm.Record(rec, ctx, y, x);
+                }
+                rec.Submit();
+            }
+            var totals = ctx.Profiler!.Totals;
+            Assert.Equal(3, totals.Where(kv => kv.Key.StartsWith("linear<")).Sum(kv => kv.Value.Calls));
+            Assert.Equal(3, totals.Where(kv => kv.Key.StartsWith("rmsnorm<")).Sum(kv => kv.Value.Calls));
+            Assert.All(totals.Values, t => Assert.True(t.Ns > 0));
+            output.WriteLine(ctx.Profiler.FormatTable());
+        });
     }
 
     [VulkanFact]

@@ -12,6 +12,7 @@ internal sealed unsafe class VulkanContext : IDisposable
 {
     const string ValidationLayer = "VK_LAYER_KHRONOS_validation";
     const string DebugUtilsExtension = "VK_EXT_debug_utils";
+    const string ValidationFeaturesExtension = "VK_EXT_validation_features";
 
     public Vk Vk { get; }
     public Instance Instance { get; }
@@ -132,7 +133,7 @@ internal sealed unsafe class VulkanContext : IDisposable
         vk.EnumerateInstanceVersion(ref loaderVersion);
         var appName = (byte*)SilkMarshal.StringToPtr("Palm.Native");
         var layers = (byte**)SilkMarshal.StringArrayToPtr(new[] { ValidationLayer });
-        var extensions = (byte**)SilkMarshal.StringArrayToPtr(new[] { DebugUtilsExtension });
+        var extensions = (byte**)SilkMarshal.StringArrayToPtr(new[] { DebugUtilsExtension, ValidationFeaturesExtension });
         try
         {
             var app = new ApplicationInfo
@@ -145,14 +146,23 @@ internal sealed unsafe class VulkanContext : IDisposable
             };
             var info = new InstanceCreateInfo { SType = StructureType.InstanceCreateInfo, PApplicationInfo = &app };
             var debugInfo = default(DebugUtilsMessengerCreateInfoEXT);
+            // Synchronization validation checks every barrier the recorder inserts (and misses).
+            var enabled = ValidationFeatureEnableEXT.SynchronizationValidationExt;
+            var features = new ValidationFeaturesEXT
+            {
+                SType = StructureType.ValidationFeaturesExt,
+                EnabledValidationFeatureCount = 1,
+                PEnabledValidationFeatures = &enabled,
+            };
             if (debug is not null)
             {
                 debugInfo = debug.CreateInfo();
                 info.PNext = &debugInfo;
                 info.EnabledLayerCount = 1;
                 info.PpEnabledLayerNames = layers;
-                info.EnabledExtensionCount = 1;
+                info.EnabledExtensionCount = 2;
                 info.PpEnabledExtensionNames = extensions;
+                debugInfo.PNext = &features;
             }
             vk.CreateInstance(&info, null, out var instance).Check("vkCreateInstance");
             return instance;

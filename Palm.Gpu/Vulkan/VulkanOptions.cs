@@ -1,0 +1,46 @@
+// Run-time options of the Vulkan backend; defaults come from PALM_VK_* environment variables.
+namespace Palm.Gpu.Vulkan;
+
+internal sealed record VulkanOptions
+{
+    /// <summary>Enable VK_LAYER_KHRONOS_validation (PALM_VK_VALIDATION=1).</summary>
+    public bool Validation { get; init; }
+
+    /// <summary>Fail instead of running without validation when the layer is missing (tests).</summary>
+    public bool RequireValidation { get; init; }
+
+    /// <summary>Device index or case-insensitive name substring (PALM_VK_DEVICE); null = best.</summary>
+    public string? Device { get; init; }
+
+    /// <summary>Folder of the persisted VkPipelineCache (PALM_VK_CACHE_DIR).</summary>
+    public string PipelineCacheDir { get; init; } = DefaultCacheDir();
+
+    /// <summary>Per-kernel GPU timestamps, printed as a table at dispose (PALM_VK_PROFILE=1).</summary>
+    public bool Profile { get; init; }
+
+    /// <summary>Use staging copies even when device memory is host-visible (tests the discrete-GPU path).</summary>
+    public bool ForceStaging { get; init; }
+
+    /// <summary>Size of the device memory blocks that tensors are sub-allocated from.</summary>
+    public ulong BlockBytes { get; init; } = 64UL << 20;
+
+    public static VulkanOptions FromEnvironment() => new()
+    {
+        Validation = Environment.GetEnvironmentVariable("PALM_VK_VALIDATION") == "1",
+        Device = NullIfEmpty(Environment.GetEnvironmentVariable("PALM_VK_DEVICE")),
+        PipelineCacheDir = NullIfEmpty(Environment.GetEnvironmentVariable("PALM_VK_CACHE_DIR")) ?? DefaultCacheDir(),
+        Profile = Environment.GetEnvironmentVariable("PALM_VK_PROFILE") == "1",
+    };
+
+    static string? NullIfEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;
+
+    static string DefaultCacheDir()
+    {
+        // XDG on Linux, LocalApplicationData elsewhere (~/.cache is its Linux value anyway).
+        var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        var root = !string.IsNullOrEmpty(xdg) ? xdg
+            : OperatingSystem.IsWindows() ? Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData)
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        return Path.Combine(root, "palm-native");
+    }
+}

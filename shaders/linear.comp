@@ -1,0 +1,83 @@
+// linear: y(M, N) = x(M, K) . W(N, K)^T, optionally with relu2 fused on the output (-D RELU2).
+// Both operands are K-contiguous (torch's linear layout), so every tile load below reads
+// consecutive k from consecutive invocations: coalesced on real GPUs.
+// Each workgroup owns a BM x BN block of y and walks K in BK steps through shared memory;
+// each invocation accumulates an RM x RN micro-tile in registers.
+#version 450
+
+// Tile sizes are specialization constants (CONVENTIONS); the host sets WG = (BM/RM)*(BN/RN).
+layout(constant_id = 0) const uint BM = 64;
+layout(constant_id = 1) const uint BN = 64;
+layout(constant_id = 2) const uint BK = 16;
+layout(constant_id = 3) const uint RM = 4;
+layout(constant_id = 4) const uint RN = 4;
+layout(local_size_x_id = 5) in;
+
+layout(push_constant) uniform LinearPush {
+    uint M;
+    uint N;
+    uint K;
+} p;
+
+layout(std430, binding = 0) readonly buffer X { float x[]; };   // (M, K)
+layout(std430, binding = 1) readonly buffer W { float w[]; };   // (N, K)
+layout(std430, binding = 2) writeonly buffer Y { float y[]; };  // (M, N)
+
+// Stored k-major ([k][m]) so the inner product loop reads RM (RN) neighbours per k.
+// The +1 pad staggers the transposing store across banks.
+shared float xs[BK * (BM + 1)];
+shared float ws[BK * (BN + 1)];
+
+void main() {
+    const uint tid = gl_LocalInvocationID.x;
+    const uint threads_n = BN / RN;
+    const uint tm = tid / threads_n;   // micro-tile row inside the block
+    const uint tn = tid % threads_n;   // micro-tile column inside the block
+    const uint m0 = gl_WorkGroupID.y * BM;
+    const uint n0 = gl_WorkGroupID.x * BN;
+    const uint wg = gl_WorkGroupSize.x;
+
+    float acc[RM * RN];
+    for (uint i = 0; i < RM * RN; i++) acc[i] = 0.0;
+
+    for (uint k0 = 0; k0 < p.K; k0 += BK) {
+        // Out-of-range elements load as zero, so awkward M, N, K need no special case below.
+        for (uint i = tid; i < BM * BK; i += wg) {
+            const uint r = i / BK, c = i % BK;
+            const uint gm = m0 + r, gk = k0 + c;
+            xs[c * (BM + 1) + r] = (gm < p.M && gk < p.K) ? x[gm * p.K + gk] : 0.0;
+        }
+        for (uint i = tid; i < BN * BK; i += wg) {
+            const uint r = i / BK, c = i % BK;
+            const uint gn = n0 + r, gk = k0 + c;
+            ws[c * (BN + 1) + r] = (gn < p.N && gk < p.K) ? w[gn * p.K + gk] : 0.0;
+        }
+        barrier();
+
+        for (uint k = 0; k < BK; k++) {
+            float a[RM];
+            float b[RN];
+            for (uint i = 0; i < RM; i++) a[i] = xs[k * (BM + 1) + tm * RM + i];
+            for (uint j = 0; j < RN; j++) b[j] = ws[k * (BN + 1) + tn * RN + j];
+            for (uint i = 0; i < RM; i++)
+                for (uint j = 0; j < RN; j++)
+                    acc[i * RN + j] = fma(a[i], b[j], acc[i * RN + j]);
+        }
+        barrier();
+    }
+
+    for (uint i = 0; i < RM; i++) {
+        const uint gm = m0 + tm * RM + i;
+        if (gm >= p.M) break;
+        for (uint j = 0; j < RN; j++) {
+            const uint gn = n0 + tn * RN + j;
+            if (gn >= p.N) break;
+            float v = acc[i * RN + j];
+#ifdef RELU2
+            v = max(v, 0.0);
+            v = v * v;
+#endif
+            y[gm * p.N + gn] = v;
+        }
+    }
+}

@@ -1,0 +1,45 @@
+// Stated tolerances and a comparison that says where and by how much outputs differ.
+using Xunit.Sdk;
+
+namespace Palm.Tests.Gpu;
+
+internal static class Tolerance
+{
+    // fp32: |got - ref| <= atol + rtol * |ref|. atol grows with sqrt(K) for reductions of K
+    // terms, since rounding errors of a K-term sum grow like a random walk.
+    public const double F32Atol = 1e-5;
+    public const double F32Rtol = 1e-4;
+
+    public static double ForReduction(int k) => F32Atol * Math.Sqrt(Math.Max(k, 1));
+
+    /// <summary>Fails (printing the seed, max error and first mismatch) unless every element is close; NaN never is.</summary>
+    public static void AssertClose(ReadOnlySpan<float> got, ReadOnlySpan<double> expected, double atol, double rtol,
+        string what, int seed, int cols)
+    {
+        Assert.Equal(expected.Length, got.Length);
+        var maxErr = 0.0;
+        var maxAt = -1;
+        var first = -1;
+        var bad = 0;
+        for (var i = 0; i < got.Length; i++)
+        {
+            var err = Math.Abs(got[i] - expected[i]);
+            if (double.IsNaN(err)) err = double.PositiveInfinity;
+            if (err > maxErr || maxAt < 0)
+            {
+                maxErr = err;
+                maxAt = i;
+            }
+            if (err > atol + rtol * Math.Abs(expected[i]))
+            {
+                bad++;
+                if (first < 0) first = i;
+            }
+        }
+        if (bad == 0) return;
+        string At(int i) => cols > 0 ? $"[{i / cols}, {i % cols}]" : $"[{i}]";
+        throw new XunitException(
+            $"{what}: {bad}/{got.Length} elements outside atol {atol:G3} + rtol {rtol:G3}*|ref| (seed {seed}); " +
+            $"max error {maxErr:G4} at {At(maxAt)}; first mismatch at {At(first)}: got {got[first]:G9}, expected {expected[first]:G9}");
+    }
+}

@@ -1,0 +1,146 @@
+// Test plumbing for the Vulkan backend: one shared context with the validation layer on, a
+// probe that decides whether Vulkan tests run at all, and attributes that skip them only
+// when no Vulkan device exists.
+using Palm.Gpu;
+using Palm.Gpu.Vulkan;
+using Xunit.Abstractions;
+using Xunit.Sdk;
+
+namespace Palm.Tests.Gpu;
+
+/// <summary>Decides once per process whether a Vulkan device exists.</summary>
+public static class VulkanProbe
+{
+    static readonly Lazy<string?> reason = new(() =>
+    {
+        try
+        {
+            using var ctx = VulkanContext.Create(new VulkanOptions { PipelineCacheDir = TempDir("probe") });
+            return null;
+        }
+        catch (GpuUnavailableException e)
+        {
+            return "no Vulkan device: " + e.Message;
+        }
+    });
+
+    /// <summary>Why Vulkan tests are skipped, or null when they run.</summary>
+    public static string? UnavailableReason => reason.Value;
+
+    internal static string TempDir(string what) =>
+        Path.Combine(Path.GetTempPath(), $"palm-gpu-tests-{Environment.ProcessId}", what);
+}
+
+/// <summary>One validated context shared by every test class in the "Vulkan" collection.</summary>
+public sealed class VulkanFixture : IDisposable
+{
+    public VulkanFixture()
+    {
+        if (VulkanProbe.UnavailableReason is not null) return;
+        Context = VulkanContext.Create(Options());
+    }
+
+    internal static VulkanOptions Options(string what = "shared") => new()
+    {
+        Validation = true,
+        RequireValidation = true,
+        PipelineCacheDir = VulkanProbe.TempDir(what),
+    };
+
+    internal VulkanContext? Context { get; }
+
+    internal VulkanContext Require() => Context ?? throw new InvalidOperationException("Vulkan test ran without a device");
+
+    public void Dispose()
+    {
+        Context?.Dispose();
+        try
+        {
+            Directory.Delete(VulkanProbe.TempDir(""), recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+}
+
+[CollectionDefinition("Vulkan")]
+public sealed class VulkanCollection : ICollectionFixture<VulkanFixture>;
+
+/// <summary>Fails a test on any validation warning or error it caused.</summary>
+internal static class Validation
+{
+    public static void AssertClean(VulkanContext ctx, string test)
+    {
+        var messages = ctx.Messenger?.Messages ?? [];
+        ctx.Messenger?.Clear();
+        if (messages.Count > 0)
+            throw new XunitException($"{test}: {messages.Count} validation message(s):\n" + string.Join("\n", messages));
+    }
+}
+
+/// <summary>A fact that runs only where a Vulkan device exists.</summary>
+public sealed class VulkanFactAttribute : FactAttribute
+{
+    public VulkanFactAttribute()
+    {
+        if (VulkanProbe.UnavailableReason is { } r) Skip = r;
+    }
+}
+
+/// <summary>Marks a conformance class whose backend is Vulkan: its tests skip without a device.</summary>
+[AttributeUsage(AttributeTargets.Class)]
+public sealed class RequiresVulkanAttribute : Attribute;
+
+/// <summary>
+/// A fact of the shared conformance suite. Which backend runs it is only known from the
+/// concrete class, so skipping is decided by the discoverer, not by the attribute.
+/// </summary>
+[XunitTestCaseDiscoverer("Palm.Tests.Gpu.ConformanceFactDiscoverer", "Palm.Tests")]
+public sealed class ConformanceFactAttribute : FactAttribute;
+
+/// <inheritdoc cref="ConformanceFactAttribute"/>
+[XunitTestCaseDiscoverer("Palm.Tests.Gpu.ConformanceTheoryDiscoverer", "Palm.Tests")]
+public sealed class ConformanceTheoryAttribute : TheoryAttribute;
+
+internal static class BackendSkip
+{
+    public static string? Reason(ITestMethod method) =>
+        method.TestClass.Class.GetCustomAttributes(typeof(RequiresVulkanAttribute)).Any() ? VulkanProbe.UnavailableReason : null;
+}
+
+/// <summary>A test case skipped because its backend is missing.</summary>
+public sealed class BackendSkippedTestCase : XunitTestCase
+{
+    [Obsolete("Called by the de-serializer; should only be called by deriving classes for de-serialization purposes")]
+    public BackendSkippedTestCase()
+    {
+    }
+
+    public BackendSkippedTestCase(IMessageSink sink, ITestFrameworkDiscoveryOptions options, ITestMethod method)
+        : base(sink, options.MethodDisplayOrDefault(), options.MethodDisplayOptionsOrDefault(), method)
+    {
+    }
+
+    protected override string GetSkipReason(IAttributeInfo factAttribute) =>
+        BackendSkip.Reason(TestMethod) ?? base.GetSkipReason(factAttribute);
+}
+
+public sealed class ConformanceFactDiscoverer(IMessageSink sink) : FactDiscoverer(sink)
+{
+    public override IEnumerable<IXunitTestCase> Discover(ITestFrameworkDiscoveryOptions options, ITestMethod method, IAttributeInfo attribute) =>
+        BackendSkip.Reason(method) is null
+            ? base.Discover(options, method, attribute)
+            : [new BackendSkippedTestCase(DiagnosticMessageSink, options, method)];
+}
+
+public sealed class ConformanceTheoryDiscoverer(IMessageSink sink) : TheoryDiscoverer(sink)
+{
+    public override IEnumerable<IXunitTestCase> Discover(ITestFrameworkDiscoveryOptions options, ITestMethod method, IAttributeInfo attribute) =>
+        BackendSkip.Reason(method) is null
+            ? base.Discover(options, method, attribute)
+            : [new BackendSkippedTestCase(DiagnosticMessageSink, options, method)];
+}

@@ -5,7 +5,7 @@ set -euo pipefail
 
 # Vulkan loader, lavapipe (CPU Vulkan driver), validation layer, GLSL compiler; the bundled
 # corpus comes from a Debian package so that a machine without internet can train on it.
-PKGS=(libvulkan1 mesa-vulkan-drivers vulkan-validationlayers glslc)
+PKGS=(libvulkan1 mesa-vulkan-drivers vulkan-validationlayers glslc bible-kjv)
 if [[ "${PALM_SETUP_PEERS:-0}" == "1" ]]; then
   # Benchmark peers only (bench/run.sh): PyTorch with a fair BLAS.
   PKGS+=(python3-torch python3-numpy python3-msgpack libopenblas0-openmp)
@@ -30,4 +30,15 @@ fi
 if ! command -v dotnet >/dev/null 2>&1; then
   echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2
   exit 1
+fi
+
+# The default training corpus: the King James Bible (public domain in most of the world; Crown
+# copyright in the UK) from Debian's bible-kjv, as plain text without verse references.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+corpus="$root/data/corpus/kjv.txt"
+if [[ ! -s "$corpus" ]]; then
+  mkdir -p "$(dirname "$corpus")"
+  bible -f "Ge1:1-Re22:21" 2>/dev/null | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' > "$corpus.tmp"
+  if [[ ! -s "$corpus.tmp" ]]; then echo "setup: could not extract the KJV text with 'bible'" >&2; rm -f "$corpus.tmp"; exit 1; fi
+  mv "$corpus.tmp" "$corpus"
 fi

@@ -22,7 +22,17 @@ internal static class CpuOps
     {
         if (a.Length < (long)m * k || b.Length < (long)n * k || c.Length < (long)m * n)
             throw new ArgumentException($"matmul shapes: A {a.Length} < {m}x{k} or B {b.Length} < {n}x{k} or C {c.Length} < {m}x{n}");
-        if ((long)m * n * k < ParallelThreshold || Environment.ProcessorCount == 1)
+        bool parallel = (long)m * n * k >= ParallelThreshold && Environment.ProcessorCount > 1;
+        if (m >= 4 && Gemm.Supported)
+        {
+            unsafe
+            {
+                fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
+                    Gemm.MatMulABt(pa, pb, pc, m, n, k, accumulate, parallel);
+            }
+            return;
+        }
+        if (!parallel)
         {
             unsafe
             {
@@ -153,19 +163,36 @@ internal static class CpuOps
             }
     }
 
-    /// <summary>C(M, N) = A(M, K) · B(K, N): transposes B once, then A·(Bᵀ)ᵀ.</summary>
+    /// <summary>C(M, N) (+)= A(M, K) · B(K, N).</summary>
     public static void MatMulAB(ReadOnlySpan<float> a, ReadOnlySpan<float> b, int m, int n, int k, Span<float> c, bool accumulate = false)
     {
-        var bt = Transpose(b[..(k * n)], k, n);
-        MatMulABt(a, bt, m, n, k, c, accumulate);
+        CheckShapes(a.Length, (long)m * k, b.Length, (long)k * n, c.Length, (long)m * n);
+        if (!Gemm.Supported) { MatMulABt(a, Transpose(b[..(k * n)], k, n), m, n, k, c, accumulate); return; }
+        unsafe
+        {
+            fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
+                Gemm.MatMulAB(pa, pb, pc, m, n, k, accumulate, Parallelize(m, n, k));
+        }
     }
 
-    /// <summary>C(M, N) += A(K, M)ᵀ · B(K, N): the weight-gradient layout dW = dYᵀ X.</summary>
+    /// <summary>C(M, N) (+)= A(K, M)ᵀ · B(K, N): the weight-gradient layout dW = dYᵀ X.</summary>
     public static void MatMulAtB(ReadOnlySpan<float> a, ReadOnlySpan<float> b, int m, int n, int k, Span<float> c, bool accumulate = false)
     {
-        var at = Transpose(a[..(k * m)], k, m);
-        var bt = Transpose(b[..(k * n)], k, n);
-        MatMulABt(at, bt, m, n, k, c, accumulate);
+        CheckShapes(a.Length, (long)k * m, b.Length, (long)k * n, c.Length, (long)m * n);
+        if (!Gemm.Supported) { MatMulABt(Transpose(a[..(k * m)], k, m), Transpose(b[..(k * n)], k, n), m, n, k, c, accumulate); return; }
+        unsafe
+        {
+            fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
+                Gemm.MatMulAtB(pa, pb, pc, m, n, k, accumulate, Parallelize(m, n, k));
+        }
+    }
+
+    private static bool Parallelize(int m, int n, int k) => (long)m * n * k >= ParallelThreshold && Environment.ProcessorCount > 1;
+
+    private static void CheckShapes(long a, long needA, long b, long needB, long c, long needC)
+    {
+        if (a < needA || b < needB || c < needC)
+            throw new ArgumentException($"matmul shapes: A holds {a} (needs {needA}), B {b} ({needB}), C {c} ({needC})");
     }
 
     /// <summary>rmsnorm of each row of x (rows, n) into y; returns 1/rms per row in <paramref name="invRms"/> if given.</summary>

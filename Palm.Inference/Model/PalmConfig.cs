@@ -106,7 +106,8 @@ public sealed record PalmConfig
         if (!Enum.IsDefined(Mix)) throw new PalmConfigException("aod_mix", $"unknown aod_mix {(int)Mix} (known: sum, mean)");
         // Guards against absurd sizes from untrusted files: keep every tensor addressable by int.
         const long MaxElems = int.MaxValue / 2;
-        long[] sizes = [(long)VocabSize * Math.Max(NEmbd, DRank), 3L * DQkv * NEmbd, 2L * NEmbd * DQkv, 2L * DFfn * NEmbd, (long)VocabSize * NEmbd];
+        long w = Math.Max(Math.Max(NEmbd, DQkv), Math.Max(DFfn, DRank));
+        long[] sizes = [(long)VocabSize * Math.Max(NEmbd, DRank), 3L * DQkv * w, 2L * NEmbd * w, 2L * DFfn * w, (long)VocabSize * w, (long)NEmbd * w];
         foreach (var s in sizes)
             if (s > MaxElems) throw new PalmConfigException("n_embd", $"a weight would hold {s} elements, more than {MaxElems}");
         if ((long)NLayer * NRecur > 65536) throw new PalmConfigException("n_recur", "n_layer * n_recur must be <= 65536");

@@ -4,7 +4,6 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text;
 using Palm.Inference.Checkpoint;
-using Palm.Inference.Cpu;
 using Palm.Inference.Model;
 using Palm.Inference.Sampling;
 using Palm.Inference.Tokenizer;
@@ -66,34 +65,11 @@ internal static class DemoCommand
         Console.WriteLine($"sample    (temperature 0.8, top-k 40, seed {seed})");
         Console.WriteLine();
         Console.Write(prompt);
-        foreach (var piece in Generate(parameters, tokenizer, prompt, sampleTokens, new SamplerOptions(), seed)) Console.Write(piece);
+        foreach (var piece in new CpuTextGenerator(parameters, tokenizer).Generate(prompt, sampleTokens, new SamplerOptions(), seed)) Console.Write(piece);
         Console.WriteLine();
         Console.WriteLine();
         Console.WriteLine($"done in {total.Elapsed.TotalSeconds:F0} s");
         return 0;
-    }
-
-    /// <summary>Prefill the prompt in one chunk, then decode token by token through the recurrent state.</summary>
-    internal static IEnumerable<string> Generate(PalmParameters parameters, BpeTokenizer tokenizer, string prompt, int count, SamplerOptions options, ulong seed)
-    {
-        var model = new CpuReferenceModel(parameters);
-        var state = new AodStateSet(parameters.Config, 1);
-        var rng = new Rng(seed);
-        var ids = tokenizer.Encode(prompt);
-        if (ids.Length == 0) ids = [tokenizer.EotId];
-        int V = parameters.Config.VocabSize;
-        var logits = model.Forward(ids, 1, ids.Length, state).AsSpan((ids.Length - 1) * V, V).ToArray();
-        var decoder = new StreamingDecoder(tokenizer);
-        for (int i = 0; i < count; i++)
-        {
-            int next = Sampler.Sample(logits, options, rng);
-            if (next == tokenizer.EotId) break;
-            var piece = decoder.Append(next);
-            if (piece.Length > 0) yield return piece;
-            model.Step([next], state, logits);
-        }
-        var rest = decoder.Flush();
-        if (rest.Length > 0) yield return rest;
     }
 }
 

@@ -231,15 +231,30 @@ internal sealed class VulkanForward : IDisposable
         Linear.Record(rec, ctx, u!, p.W2!, false, y);
     }
 
+    /// <summary>At most this many (B, T) activation sets are kept; the least recently used goes first.</summary>
+    public const int MaxShapes = 4;
+
     Activations ActivationsFor(int B, int T)
     {
-        if (!shapes.TryGetValue((B, T), out var a))
+        if (shapes.TryGetValue((B, T), out var a))
         {
-            a = new Activations(ctx, Config, B, T);
-            shapes.Add((B, T), a);
+            a.LastUse = ++uses;
+            return a;
         }
+        // Chunked prefill with many chunk sizes would otherwise keep a set per size. Every
+        // submission has completed (Submit waits), so a set can be freed at once.
+        if (shapes.Count >= MaxShapes)
+        {
+            var oldest = shapes.MinBy(kv => kv.Value.LastUse);
+            oldest.Value.Dispose();
+            shapes.Remove(oldest.Key);
+        }
+        a = new Activations(ctx, Config, B, T) { LastUse = ++uses };
+        shapes.Add((B, T), a);
         return a;
     }
+
+    long uses;
 
     /// <summary>Frees the activation buffers of every (B, T) shape seen so far (weights stay).</summary>
     public void ReleaseActivations()
@@ -311,6 +326,7 @@ internal sealed class VulkanForward : IDisposable
         public GpuTensor FreshS { get; }     // (B, D)
         public GpuTensor? FreshZ { get; }    // (B, D)
         public long RopePos0 { get; set; } = -1;
+        public long LastUse { get; set; }
 
         public void Dispose()
         {

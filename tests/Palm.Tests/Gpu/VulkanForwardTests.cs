@@ -107,6 +107,7 @@ public sealed class VulkanForwardTests : IDisposable
                 t0 += len;
             }
             Numerics.AssertClose(got, parallel, LogitsAtol, LogitsRtol, $"{g.Name} GPU chunked prefill [{string.Join(",", sizes)}...] vs GPU parallel", where);
+            Assert.InRange(fwd.ShapeCount, 1, VulkanForward.MaxShapes);
             // The chunked run ends where the golden logits are defined too.
             Numerics.AssertClose(got, g.Logits.Data, LogitsAtol, LogitsRtol, $"{g.Name} GPU chunked prefill vs golden", where);
         }

@@ -13,6 +13,131 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
 
     protected override void Embedding(int[] idx, float[] table, int V, int C, float[] y) => Kernels.Embedding.Reference(idx, table, V, C, y);
 
+    protected override void Aod(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H, bool hasState, float[] s, float[]? z, float[] y)
+    {
+        // The reference always carries a state; a fresh scan is a zero state that is discarded.
+        var sRun = hasState ? s : new float[B * D];
+        var zRun = z is null ? null : hasState ? z : new float[B * D];
+        Kernels.Aod.Reference(qkv, cos, sin, B, T, D, H, sRun, zRun, z is not null, y);
+    }
+
+    protected override void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output) =>
+        Kernels.SwiGlu.Reference(ab, rows, n, residual, output);
+
+    protected override void Add(float[] y, float[] x) => Kernels.Add.Reference(y, x);
+
+    protected override void CrossEntropy(float[] logits, int[] targets, int V, float[] loss) =>
+        Kernels.CrossEntropy.Reference(logits, targets, V, loss);
+
+    protected override void Argmax(float[] logits, int rows, int V, int[] idx) =>
+        Kernels.CrossEntropy.ArgmaxReference(logits, rows, V, idx);
+
+    protected override (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H,
+        bool hasState, float[] s, float[]? z)
+    {
+        // The spec's order in float64: rmsnorm, then rope, per head; then gate and scan.
+        int hd = D / H, half = hd / 2;
+        var y = new double[B * T * D];
+        var sOut = Array.ConvertAll(s, v => (double)v);
+        var zOut = z is null ? null : Array.ConvertAll(z, v => (double)v);
+        for (var b = 0; b < B; b++)
+        {
+            var sRun = new double[D];
+            var zRun = new double[D];
+            if (hasState)
+                for (var j = 0; j < D; j++)
+                {
+                    sRun[j] = s[b * D + j];
+                    if (z is not null) zRun[j] = z[b * D + j];
+                }
+            for (var t = 0; t < T; t++)
+            {
+                var row = (b * T + t) * 3 * D;
+                var q = new double[D];
+                var k = new double[D];
+                for (var h = 0; h < H; h++)
+                    foreach (var (src, dst) in new[] { (row + h * hd, q), (row + D + h * hd, k) })
+                    {
+                        double ss = 0;
+                        for (var c = 0; c < hd; c++) ss += (double)qkv[src + c] * qkv[src + c];
+                        var scale = 1 / Math.Sqrt(ss / hd + Kernels.RmsNorm.Eps);
+                        for (var c = 0; c < half; c++)
+                        {
+                            double a = qkv[src + c] * scale, bb = qkv[src + half + c] * scale;
+                            double cs = cos[t * half + c], sn = sin[t * half + c];
+                            dst[h * hd + c] = a * cs + bb * sn;
+                            dst[h * hd + half + c] = -a * sn + bb * cs;
+                        }
+                    }
+                for (var j = 0; j < D; j++)
+                {
+                    var g = 1 / (1 + Math.Exp(-k[j]));
+                    sRun[j] += g * qkv[row + 2 * D + j];
+                    zRun[j] += g;
+                    var o = Math.Max(q[j], 0) * sRun[j];
+                    y[(b * T + t) * D + j] = z is null ? o : o / zRun[j];
+                }
+            }
+            if (hasState)
+                for (var j = 0; j < D; j++)
+                {
+                    sOut[b * D + j] = sRun[j];
+                    if (zOut is not null) zOut[b * D + j] = zRun[j];
+                }
+        }
+        return (y, sOut, zOut);
+    }
+
+    protected override double[] SwiGluExpected(float[] ab, int rows, int n, bool residual, float[] output)
+    {
+        var y = new double[rows * n];
+        for (var r = 0; r < rows; r++)
+            for (var c = 0; c < n; c++)
+            {
+                double a = ab[r * 2 * n + c], b = ab[r * 2 * n + n + c];
+                var v = a * b / (1 + Math.Exp(-b));
+                y[r * n + c] = residual ? output[r * n + c] + v : v;
+            }
+        return y;
+    }
+
+    protected override double[] CrossEntropyExpected(float[] logits, int[] targets, int V)
+    {
+        var loss = new double[targets.Length];
+        for (var r = 0; r < targets.Length; r++)
+        {
+            if (targets[r] == -1) continue;
+            var max = double.NegativeInfinity;
+            for (var c = 0; c < V; c++) max = Math.Max(max, logits[r * V + c]);
+            double sum = 0;
+            for (var c = 0; c < V; c++) sum += Math.Exp(logits[r * V + c] - max);
+            loss[r] = max + Math.Log(sum) - logits[r * V + targets[r]];
+        }
+        return loss;
+    }
+
+    protected override int[] ArgmaxExpected(float[] logits, int rows, int V) =>
+        Enumerable.Range(0, rows).Select(r =>
+        {
+            var row = logits.AsSpan(r * V, V);
+            return row.IndexOf(RowMax(row));
+        }).ToArray();
+
+    static float RowMax(ReadOnlySpan<float> row)
+    {
+        var m = float.NegativeInfinity;
+        foreach (var v in row) m = Math.Max(m, v);
+        return m;
+    }
+
+    [Fact]
+    public void CrossEntropy_reference_rejects_out_of_range_targets() =>
+        Assert.Throws<ArgumentOutOfRangeException>(() => Kernels.CrossEntropy.Reference(new float[4], [0, 2], 2, new float[2]));
+
+    [Fact]
+    public void CrossEntropy_mean_counts_only_targets_that_are_not_ignored() =>
+        Assert.Equal(2.0, Kernels.CrossEntropy.Mean([1f, 5f, 3f], [0, -1, 1]));
+
     protected override double[] LinearExpected(float[] x, float[] w, int M, int N, int K, bool relu2)
     {
         var y = new double[M * N];

@@ -24,11 +24,23 @@ public abstract class KernelConformance
     protected abstract void Linear(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y);
     protected abstract void RmsNorm(float[] x, int rows, int cols, float[] y);
     protected abstract void Embedding(int[] idx, float[] table, int V, int C, float[] y);
+    /// <summary>qkv (B*T, 3D), cos/sin (T, hd/2); s, z (B, D) in/out (z null for sum mixing); y (B*T, D).</summary>
+    protected abstract void Aod(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H, bool hasState, float[] s, float[]? z, float[] y);
+    protected abstract void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output);
+    protected abstract void Add(float[] y, float[] x);
+    protected abstract void CrossEntropy(float[] logits, int[] targets, int V, float[] loss);
+    protected abstract void Argmax(float[] logits, int rows, int V, int[] idx);
 
     // The oracle for this backend.
     protected abstract double[] LinearExpected(float[] x, float[] w, int M, int N, int K, bool relu2);
     protected abstract double[] RmsNormExpected(float[] x, int rows, int cols);
     protected abstract double[] EmbeddingExpected(int[] idx, float[] table, int V, int C);
+    /// <summary>y (B*T, D) and the states after the tokens (unchanged inputs when !hasState).</summary>
+    protected abstract (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H,
+        bool hasState, float[] s, float[]? z);
+    protected abstract double[] SwiGluExpected(float[] ab, int rows, int n, bool residual, float[] output);
+    protected abstract double[] CrossEntropyExpected(float[] logits, int[] targets, int V);
+    protected abstract int[] ArgmaxExpected(float[] logits, int rows, int V);
 
     [ConformanceTheory]
     [InlineData(1, 1, 1, false)]
@@ -81,6 +93,100 @@ public abstract class KernelConformance
         // A gather copies: exact equality is the right tolerance here.
         Tolerance.AssertClose(y, expected, 0, 0, $"embedding T={T} V={V} C={C}", Seed, C);
     }
+
+    [ConformanceTheory]
+    [InlineData(1, 1, 1, 4, false, false, 0)]
+    [InlineData(2, 1, 3, 8, true, true, 7)]          // a decoding step: B sequences, one token each
+    [InlineData(1, 37, 2, 12, false, true, 0)]       // hd not a power of two, T prime
+    [InlineData(3, 130, 1, 4, true, false, 4990)]    // T past a workgroup, positions near 5000
+    [InlineData(2, 5, 5, 16, true, true, 3)]         // H prime: 5 heads in one workgroup
+    [InlineData(1, 3, 3, 64, false, true, 0)]        // one head per workgroup, 3 workgroups
+    [InlineData(2, 9, 4, 48, false, false, 1)]       // 2 heads of 48 per workgroup
+    public void Aod_matches_reference(int B, int T, int H, int hd, bool mean, bool hasState, int pos0)
+    {
+        var D = H * hd;
+        var qkv = Uniform(B * T * 3 * D, 2.0);
+        var cos = new float[T * hd / 2];
+        var sin = new float[T * hd / 2];
+        Palm.Gpu.Kernels.Aod.RopeTables(hd, pos0, T, cos, sin);
+        var s = Uniform(B * D, 3.0);
+        var z = mean ? Array.ConvertAll(Uniform(B * D), v => 2f + v) : null;   // sums of sigmoids: positive
+        var (ys, ss, zs) = AodExpected(qkv, cos, sin, B, T, D, H, hasState, (float[])s.Clone(), (float[]?)z?.Clone());
+        var y = Poisoned(B * T * D);
+        Aod(qkv, cos, sin, B, T, D, H, hasState, s, z, y);
+        // The scan adds T terms: errors grow like sqrt(T) relative to the running sums' size.
+        var what = $"aod B={B} T={T} H={H} hd={hd} mean={mean} state={hasState} pos0={pos0}";
+        Tolerance.AssertClose(y, ys, Tolerance.ForReduction(T + hd) * Math.Max(1, MaxAbs(ys)), Tolerance.F32Rtol, what + " y", Seed, D);
+        Tolerance.AssertClose(s, ss, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(ss)), Tolerance.F32Rtol, what + " S", Seed, D);
+        if (mean) Tolerance.AssertClose(z!, zs!, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(zs!)), Tolerance.F32Rtol, what + " Z", Seed, D);
+    }
+
+    [ConformanceTheory]
+    [InlineData(1, 1, false)]
+    [InlineData(3, 7, true)]
+    [InlineData(5, 300, false)]        // a row wider than a workgroup
+    [InlineData(257, 3, true)]
+    [InlineData(1, 1000, true)]
+    public void SwiGlu_matches_reference(int rows, int n, bool residual)
+    {
+        var ab = Uniform(rows * 2 * n, 4.0);
+        // The residual form adds into x, so x holds data; the plain form starts poisoned.
+        var output = residual ? Uniform(rows * n) : Poisoned(rows * n);
+        var expected = SwiGluExpected(ab, rows, n, residual, output);
+        SwiGlu(ab, rows, n, residual, output);
+        Tolerance.AssertClose(output, expected, Tolerance.F32Atol, Tolerance.F32Rtol, $"swiglu rows={rows} n={n} residual={residual}", Seed, n);
+    }
+
+    [ConformanceTheory]
+    [InlineData(1)]
+    [InlineData(257)]
+    [InlineData(5003)]
+    public void Add_matches_reference(int n)
+    {
+        var y = Uniform(n);
+        var x = Uniform(n);
+        var expected = new double[n];
+        for (var i = 0; i < n; i++) expected[i] = (double)x[i] + y[i];
+        Add(y, x);
+        Tolerance.AssertClose(x, expected, Tolerance.F32Atol, Tolerance.F32Rtol, $"add n={n}", Seed, 0);
+    }
+
+    [ConformanceTheory]
+    [InlineData(1, 1, 1.0, 0)]
+    [InlineData(3, 7, 1.0, 1)]
+    [InlineData(5, 1000, 3.0, 2)]      // a row wider than a workgroup, ignored rows
+    [InlineData(2, 97, 30.0, 0)]       // large logits: the max must be subtracted
+    [InlineData(65537, 2, 1.0, 100)]   // more rows than maxComputeWorkGroupCount[0] may allow
+    public void CrossEntropy_matches_reference(int rows, int V, double scale, int ignored)
+    {
+        var logits = Uniform(rows * V, scale);
+        var targets = Enumerable.Range(0, rows).Select(_ => Rng.Next(V)).ToArray();
+        for (var i = 0; i < ignored; i++) targets[Rng.Next(rows)] = -1;
+        var loss = Poisoned(rows);
+        CrossEntropy(logits, targets, V, loss);
+        var expected = CrossEntropyExpected(logits, targets, V);
+        Tolerance.AssertClose(loss, expected, Tolerance.ForReduction(V) * Math.Max(1, scale), Tolerance.F32Rtol, $"cross_entropy rows={rows} V={V} scale={scale}", Seed, 0);
+    }
+
+    [ConformanceTheory]
+    [InlineData(1, 1)]
+    [InlineData(4, 7)]
+    [InlineData(3, 1000)]
+    [InlineData(70000, 3)]
+    public void Argmax_matches_reference(int rows, int V)
+    {
+        // Few distinct values, so ties are common: the lowest index must win.
+        var logits = Enumerable.Range(0, rows * V).Select(_ => (float)Rng.Next(4)).ToArray();
+        var idx = new int[rows];
+        Array.Fill(idx, -7);
+        Argmax(logits, rows, V, idx);
+        var expected = ArgmaxExpected(logits, rows, V);
+        for (var r = 0; r < rows; r++)
+            if (idx[r] != expected[r])
+                Assert.Fail($"argmax rows={rows} V={V}: row {r} got {idx[r]}, expected {expected[r]} (seed {Seed})");
+    }
+
+    protected static double MaxAbs(double[] a) => a.Length == 0 ? 0 : a.Max(Math.Abs);
 
     protected float[] Uniform(int n, double scale = 1.0)
     {

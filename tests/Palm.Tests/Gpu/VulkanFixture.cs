@@ -91,6 +91,15 @@ public sealed class VulkanFactAttribute : FactAttribute
     }
 }
 
+/// <summary>A theory that runs only where a Vulkan device exists.</summary>
+public sealed class VulkanTheoryAttribute : TheoryAttribute
+{
+    public VulkanTheoryAttribute()
+    {
+        if (VulkanProbe.UnavailableReason is { } r) Skip = r;
+    }
+}
+
 /// <summary>Marks a conformance class whose backend is Vulkan: its tests skip without a device.</summary>
 [AttributeUsage(AttributeTargets.Class)]
 public sealed class RequiresVulkanAttribute : Attribute;

@@ -56,6 +56,87 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         Run(y, ty, rec => Kernels.Embedding.Record(rec, Ctx, ti, te, ty));
     }
 
+    protected override void Aod(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H, bool hasState, float[] s, float[]? z, float[] y)
+    {
+        var hd = D / H;
+        using var tq = Ctx.CreateTensor(qkv, GpuDType.F32, B * T, 3 * D);
+        using var tc = Ctx.CreateTensor(cos, GpuDType.F32, T, hd / 2);
+        using var ts = Ctx.CreateTensor(sin, GpuDType.F32, T, hd / 2);
+        using var tS = Ctx.CreateTensor(s, GpuDType.F32, B, D);
+        using var tZ = z is null ? null : Ctx.CreateTensor(z, GpuDType.F32, B, D);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, B * T, D);
+        Run(y, ty, rec => Kernels.Aod.Record(rec, Ctx, tq, tc, ts, B, T, H, hasState, tS, tZ, ty));
+        tS.Download(s);
+        tZ?.Download(z);
+    }
+
+    protected override void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output)
+    {
+        using var tab = Ctx.CreateTensor(ab, GpuDType.F32, rows, 2 * n);
+        using var to = Ctx.CreateTensor(GpuDType.F32, rows, n);
+        Run(output, to, rec => Kernels.SwiGlu.Record(rec, Ctx, tab, residual, to));
+    }
+
+    protected override void Add(float[] y, float[] x)
+    {
+        using var ty = Ctx.CreateTensor(y, GpuDType.F32, y.Length);
+        using var tx = Ctx.CreateTensor(GpuDType.F32, x.Length);
+        Run(x, tx, rec => Kernels.Add.Record(rec, Ctx, ty, tx));
+    }
+
+    protected override void CrossEntropy(float[] logits, int[] targets, int V, float[] loss)
+    {
+        using var tl = Ctx.CreateTensor(logits, GpuDType.F32, targets.Length, V);
+        using var tt = Ctx.CreateTensor(GpuDType.I32, targets.Length);
+        tt.Upload(targets);
+        using var to = Ctx.CreateTensor(GpuDType.F32, targets.Length);
+        Run(loss, to, rec => Kernels.CrossEntropy.Record(rec, Ctx, tl, tt, to));
+    }
+
+    protected override void Argmax(float[] logits, int rows, int V, int[] idx)
+    {
+        using var tl = Ctx.CreateTensor(logits, GpuDType.F32, rows, V);
+        using var ti = Ctx.CreateTensor(GpuDType.I32, rows);
+        ti.Upload(idx);
+        using var rec = new CommandRecorder(Ctx);
+        Kernels.CrossEntropy.RecordArgmax(rec, Ctx, tl, ti);
+        rec.Submit();
+        ti.Download(idx);
+    }
+
+    protected override (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H,
+        bool hasState, float[] s, float[]? z)
+    {
+        var y = new float[B * T * D];
+        var sRun = hasState ? (float[])s.Clone() : new float[B * D];
+        var zRun = z is null ? null : hasState ? (float[])z.Clone() : new float[B * D];
+        Kernels.Aod.Reference(qkv, cos, sin, B, T, D, H, sRun, zRun, z is not null, y);
+        return (D2(y), D2(hasState ? sRun : s), z is null ? null : D2(hasState ? zRun! : z));
+    }
+
+    protected override double[] SwiGluExpected(float[] ab, int rows, int n, bool residual, float[] output)
+    {
+        var y = (float[])output.Clone();
+        Kernels.SwiGlu.Reference(ab, rows, n, residual, y);
+        return D2(y);
+    }
+
+    protected override double[] CrossEntropyExpected(float[] logits, int[] targets, int V)
+    {
+        var loss = new float[targets.Length];
+        Kernels.CrossEntropy.Reference(logits, targets, V, loss);
+        return D2(loss);
+    }
+
+    protected override int[] ArgmaxExpected(float[] logits, int rows, int V)
+    {
+        var idx = new int[rows];
+        Kernels.CrossEntropy.ArgmaxReference(logits, rows, V, idx);
+        return idx;
+    }
+
+    static double[] D2(float[] a) => Array.ConvertAll(a, v => (double)v);
+
     protected override double[] LinearExpected(float[] x, float[] w, int M, int N, int K, bool relu2)
     {
         var y = new float[M * N];

@@ -1,0 +1,336 @@
+// The whole Palm forward pass on Vulkan: weights uploaded once, every kernel of a call recorded
+// into ONE command buffer and submitted once (embedding, embed.proj, rmsnorms, the L*R block
+// applications in schedule order, final norm, unembed, and the loss or argmax when asked).
+// Activations live in buffers allocated once per (B, T) shape and reused; the AoD states of a
+// session stay on the GPU (GpuAodState). The math is ../shared/spec/palm-model.md.
+using Palm.Gpu.Kernels;
+using Palm.Gpu.Vulkan;
+
+namespace Palm.Gpu.Model;
+
+internal sealed class VulkanForward : IDisposable
+{
+    readonly VulkanContext ctx;
+    readonly CommandRecorder rec;
+    readonly GpuTensor embed;           // (V, r) or (V, C)
+    readonly GpuTensor? embedProj;      // (C, r), r > 0 only
+    readonly Block[] blocks;
+    readonly GpuLinear unembed;         // C -> V
+    readonly Dictionary<(int B, int T), Activations> shapes = new();
+    readonly List<GpuTensor> weightTensors;
+    float[] ropeCos = [], ropeSin = [];  // host staging for the tables, (T, hd/2) of the largest T seen
+
+    sealed record GpuLinear(GpuTensor? W, GpuTensor? W1, GpuTensor? W2);
+
+    sealed record Block(GpuLinear Qkv, GpuLinear Proj, GpuLinear? Up, GpuLinear? Down);
+
+    /// <summary>Uploads the weights. <paramref name="weights"/> must hold exactly the spec's tensors for <paramref name="config"/>.</summary>
+    /// <exception cref="ArgumentException">A missing, unexpected or misshapen tensor, or an invalid config.</exception>
+    public VulkanForward(VulkanContext ctx, GpuModelConfig config, IReadOnlyDictionary<string, GpuWeight> weights)
+    {
+        config.Validate();
+        this.ctx = ctx;
+        Config = config;
+        var c = config;
+        var used = new HashSet<string>();
+        var uploaded = new List<GpuTensor>();
+
+        GpuTensor Tensor(string name, int rows, int cols)
+        {
+            if (!weights.TryGetValue(name, out var w)) throw new ArgumentException($"missing weight {name} ({rows}, {cols})", nameof(weights));
+            if (w.Rows != rows || w.Cols != cols || w.Data.Length != rows * cols)
+                throw new ArgumentException($"weight {name} is ({w.Rows}, {w.Cols}) with {w.Data.Length} floats, expected ({rows}, {cols})", nameof(weights));
+            used.Add(name);
+            var t = ctx.CreateTensor(w.Data, GpuDType.F32, rows, cols);
+            uploaded.Add(t);
+            return t;
+        }
+
+        GpuLinear Linear(string name, int inF, int outF) => c.DRank == 0
+            ? new GpuLinear(Tensor(name + ".w", outF, inF), null, null)
+            : new GpuLinear(null, Tensor(name + ".w1", c.DRank, inF), Tensor(name + ".w2", outF, c.DRank));
+
+        try
+        {
+            embed = Tensor("embed.weight", c.VocabSize, c.DRank > 0 ? c.DRank : c.NEmbd);
+            embedProj = c.DRank > 0 ? Tensor("embed.proj.w", c.NEmbd, c.DRank) : null;
+            blocks = new Block[c.NLayer];
+            for (var l = 0; l < c.NLayer; l++)
+            {
+                var p = $"blocks.{l}.";
+                blocks[l] = new Block(
+                    Linear(p + "qkv", c.NEmbd, 3 * c.DQkv),
+                    Linear(p + "proj", c.DQkv, 2 * c.NEmbd),
+                    c.DFfn > 0 ? Linear(p + "ffn.up", c.NEmbd, 2 * c.DFfn) : null,
+                    c.DFfn > 0 ? Linear(p + "ffn.down", c.DFfn, c.NEmbd) : null);
+            }
+            unembed = Linear("unembed", c.NEmbd, c.VocabSize);
+            var extra = weights.Keys.Where(k => !used.Contains(k)).Order(StringComparer.Ordinal).ToList();
+            if (extra.Count > 0) throw new ArgumentException($"unexpected weights: {string.Join(", ", extra)}", nameof(weights));
+        }
+        catch
+        {
+            foreach (var t in uploaded) t.Dispose();
+            throw;
+        }
+        weightTensors = uploaded;
+        rec = new CommandRecorder(ctx);
+    }
+
+    public GpuModelConfig Config { get; }
+
+    /// <summary>The recorder of every call: its counters describe the last submission.</summary>
+    internal CommandRecorder Recorder => rec;
+
+    /// <summary>How many (B, T) activation sets are allocated.</summary>
+    public int ShapeCount => shapes.Count;
+
+    /// <summary>Fresh AoD states (zeros, position 0) for <paramref name="batch"/> sequences.</summary>
+    public GpuAodState CreateState(int batch) => new(ctx, Config, batch);
+
+    /// <summary>Logits (B*T, V) for tokens (B, T) that start their sequences (positions 0..T-1).</summary>
+    public float[] Forward(ReadOnlySpan<int> tokens, int B, int T)
+    {
+        var a = Run(tokens, B, T, null, null);
+        var logits = new float[a.Logits.Count];
+        a.Logits.Download(logits);
+        return logits;
+    }
+
+    /// <summary>
+    /// Mean cross-entropy of the forward over tokens (B, T) against targets (B, T), counting
+    /// positions whose target is not -1. Per-row losses are computed on the GPU in the same
+    /// submission; their mean is taken on the host in double.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">A target outside [-1, V).</exception>
+    public double Loss(ReadOnlySpan<int> tokens, ReadOnlySpan<int> targets, int B, int T)
+    {
+        if (targets.Length != B * T) throw new ArgumentException($"targets holds {targets.Length} ids, expected B*T = {B * T}", nameof(targets));
+        foreach (var t in targets)
+            if (t < -1 || t >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(targets), $"target {t} outside [-1, {Config.VocabSize})");
+        var a = Run(tokens, B, T, null, targets);
+        var loss = new float[B * T];
+        a.Loss.Download(loss);
+        return CrossEntropy.Mean(loss, targets);
+    }
+
+    /// <summary>
+    /// Logits (B*T, V) for the next T tokens (B, T) of the sequences in <paramref name="state"/>,
+    /// continuing from its position; the state advances by T. Any chunking of a prompt gives the
+    /// same logits.
+    /// </summary>
+    public float[] Prefill(ReadOnlySpan<int> tokens, int T, GpuAodState state)
+    {
+        var a = Run(tokens, state.Batch, T, state, null);
+        var logits = new float[a.Logits.Count];
+        a.Logits.Download(logits);
+        return logits;
+    }
+
+    /// <summary>One decoding step: feeds one token per sequence (B ids), writes logits (B, V). Allocates nothing after the first call.</summary>
+    public void Step(ReadOnlySpan<int> tokens, GpuAodState state, Span<float> logits)
+    {
+        if (logits.Length != state.Batch * Config.VocabSize)
+            throw new ArgumentException($"logits must hold B*V = {state.Batch * Config.VocabSize} floats", nameof(logits));
+        var a = Run(tokens, state.Batch, 1, state, null);
+        a.Logits.Download(logits);
+    }
+
+    /// <summary>One greedy decoding step: feeds one token per sequence and writes the argmax of each one's logits (B ids).</summary>
+    public void StepGreedy(ReadOnlySpan<int> tokens, GpuAodState state, Span<int> next)
+    {
+        if (next.Length != state.Batch) throw new ArgumentException($"next must hold B = {state.Batch} ids", nameof(next));
+        var a = Run(tokens, state.Batch, 1, state, null, argmax: true);
+        a.Argmax.Download(next);
+    }
+
+    Activations Run(ReadOnlySpan<int> tokens, int B, int T, GpuAodState? state, ReadOnlySpan<int> targets, bool argmax = false)
+    {
+        if (B <= 0 || T <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"B ({B}) and T ({T}) must be > 0");
+        if (tokens.Length != B * T) throw new ArgumentException($"tokens holds {tokens.Length} ids, expected B*T = {B * T}", nameof(tokens));
+        for (var i = 0; i < tokens.Length; i++)
+            if ((uint)tokens[i] >= (uint)Config.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(tokens), $"token {tokens[i]} at {i} outside [0, {Config.VocabSize})");
+        var a = ActivationsFor(B, T);
+        a.Tokens.Upload(tokens);
+        if (!targets.IsEmpty) a.Targets.Upload(targets);
+        UploadRope(a, T, state?.Position ?? 0);
+
+        RecordForward(a, B, T, state);
+        if (!targets.IsEmpty) CrossEntropy.Record(rec, ctx, a.Logits, a.Targets, a.Loss);
+        if (argmax) CrossEntropy.RecordArgmax(rec, ctx, a.Logits, a.Argmax);
+        rec.Submit();
+        if (state is not null) state.Position += T;
+        return a;
+    }
+
+    void UploadRope(Activations a, int T, long pos0)
+    {
+        if (a.RopePos0 == pos0) return;
+        var n = T * Config.HeadDim / 2;
+        // Host staging reused across calls: no allocation per decoded token.
+        if (ropeCos.Length < n)
+        {
+            ropeCos = new float[n];
+            ropeSin = new float[n];
+        }
+        Aod.RopeTables(Config.HeadDim, pos0, T, ropeCos, ropeSin);
+        a.Cos.Upload(ropeCos.AsSpan(0, n));
+        a.Sin.Upload(ropeSin.AsSpan(0, n));
+        a.RopePos0 = pos0;
+    }
+
+    void RecordForward(Activations a, int B, int T, GpuAodState? state)
+    {
+        var c = Config;
+        if (embedProj is null)
+        {
+            // h is free until the first block: it holds e (rmsnorm may not run in place).
+            Embedding.Record(rec, ctx, a.Tokens, embed, a.H);
+            RmsNorm.Record(rec, ctx, a.H, a.X);
+        }
+        else
+        {
+            Embedding.Record(rec, ctx, a.Tokens, embed, a.E!);
+            Linear.Record(rec, ctx, a.E!, embedProj, false, a.H);
+            RmsNorm.Record(rec, ctx, a.H, a.X);
+        }
+
+        for (var app = 0; app < c.Applications; app++)
+        {
+            var blk = blocks[c.BlockOfApplication(app)];
+            RmsNorm.Record(rec, ctx, a.X, a.H);
+            RecordLinear(blk.Qkv, a.H, a.Qkv, a.U, relu2Between: true);
+            Aod.Record(rec, ctx, a.Qkv, a.Cos, a.Sin, B, T, c.NHead, state is not null,
+                state?.S[app] ?? a.FreshS, state is null ? a.FreshZ : state.Z?[app], a.Y);
+            RecordLinear(blk.Proj, a.Y, a.O, a.U, relu2Between: false);
+            SwiGlu.Record(rec, ctx, a.O, residual: true, a.X);
+            if (blk.Up is not null)
+            {
+                RecordLinear(blk.Up, a.H, a.M!, a.U, relu2Between: false);
+                SwiGlu.Record(rec, ctx, a.M!, residual: false, a.Gated!);
+                RecordLinear(blk.Down!, a.Gated!, a.Ffn!, a.U, relu2Between: false);
+                Add.Record(rec, ctx, a.Ffn!, a.X);
+            }
+        }
+
+        RmsNorm.Record(rec, ctx, a.X, a.H);
+        RecordLinear(unembed, a.H, a.Logits, a.U, relu2Between: false);
+    }
+
+    // A full-rank linear, or w2 (act(w1 x)) through the (rows, r) scratch u; the recorder's
+    // barriers order the reuse of u between linears.
+    void RecordLinear(GpuLinear p, GpuTensor x, GpuTensor y, GpuTensor? u, bool relu2Between)
+    {
+        if (p.W is not null)
+        {
+            Linear.Record(rec, ctx, x, p.W, false, y);
+            return;
+        }
+        Linear.Record(rec, ctx, x, p.W1!, relu2Between, u!);
+        Linear.Record(rec, ctx, u!, p.W2!, false, y);
+    }
+
+    /// <summary>At most this many (B, T) activation sets are kept; the least recently used goes first.</summary>
+    public const int MaxShapes = 4;
+
+    Activations ActivationsFor(int B, int T)
+    {
+        if (shapes.TryGetValue((B, T), out var a))
+        {
+            a.LastUse = ++uses;
+            return a;
+        }
+        // Chunked prefill with many chunk sizes would otherwise keep a set per size. Every
+        // submission has completed (Submit waits), so a set can be freed at once.
+        if (shapes.Count >= MaxShapes)
+        {
+            var oldest = shapes.MinBy(kv => kv.Value.LastUse);
+            oldest.Value.Dispose();
+            shapes.Remove(oldest.Key);
+        }
+        a = new Activations(ctx, Config, B, T) { LastUse = ++uses };
+        shapes.Add((B, T), a);
+        return a;
+    }
+
+    long uses;
+
+    /// <summary>Frees the activation buffers of every (B, T) shape seen so far (weights stay).</summary>
+    public void ReleaseActivations()
+    {
+        foreach (var a in shapes.Values) a.Dispose();
+        shapes.Clear();
+    }
+
+    public void Dispose()
+    {
+        ReleaseActivations();
+        rec.Dispose();
+        foreach (var t in weightTensors) t.Dispose();
+    }
+
+    /// <summary>Every intermediate of one (B, T) shape; rows = B*T, ordered b*T + t.</summary>
+    sealed class Activations : IDisposable
+    {
+        readonly List<GpuTensor> all = new();
+
+        public Activations(VulkanContext ctx, GpuModelConfig c, int B, int T)
+        {
+            var rows = B * T;
+            GpuTensor New(GpuDType dt, params int[] shape)
+            {
+                var t = ctx.CreateTensor(dt, shape);
+                all.Add(t);
+                return t;
+            }
+            Tokens = New(GpuDType.I32, rows);
+            Targets = New(GpuDType.I32, rows);
+            Loss = New(GpuDType.F32, rows);
+            Argmax = New(GpuDType.I32, rows);
+            E = c.DRank > 0 ? New(GpuDType.F32, rows, c.DRank) : null;
+            U = c.DRank > 0 ? New(GpuDType.F32, rows, c.DRank) : null;
+            X = New(GpuDType.F32, rows, c.NEmbd);
+            H = New(GpuDType.F32, rows, c.NEmbd);
+            Qkv = New(GpuDType.F32, rows, 3 * c.DQkv);
+            Y = New(GpuDType.F32, rows, c.DQkv);
+            O = New(GpuDType.F32, rows, 2 * c.NEmbd);
+            M = c.DFfn > 0 ? New(GpuDType.F32, rows, 2 * c.DFfn) : null;
+            Gated = c.DFfn > 0 ? New(GpuDType.F32, rows, c.DFfn) : null;
+            Ffn = c.DFfn > 0 ? New(GpuDType.F32, rows, c.NEmbd) : null;
+            Logits = New(GpuDType.F32, rows, c.VocabSize);
+            Cos = New(GpuDType.F32, T, c.HeadDim / 2);
+            Sin = New(GpuDType.F32, T, c.HeadDim / 2);
+            // Bound but never read or written by a scan that starts from zero.
+            FreshS = New(GpuDType.F32, B, c.DQkv);
+            FreshZ = c.MeanMix ? New(GpuDType.F32, B, c.DQkv) : null;
+        }
+
+        public GpuTensor Tokens { get; }     // (rows) i32
+        public GpuTensor Targets { get; }    // (rows) i32
+        public GpuTensor Loss { get; }       // (rows)
+        public GpuTensor Argmax { get; }     // (rows) i32
+        public GpuTensor? E { get; }         // (rows, r), r > 0 only
+        public GpuTensor? U { get; }         // (rows, r): between the factors of a linear
+        public GpuTensor X { get; }     // (rows, C): the residual stream
+        public GpuTensor H { get; }     // (rows, C): rmsnorm(x)
+        public GpuTensor Qkv { get; }        // (rows, 3D)
+        public GpuTensor Y { get; }          // (rows, D)
+        public GpuTensor O { get; }          // (rows, 2C)
+        public GpuTensor? M { get; }         // (rows, 2F)
+        public GpuTensor? Gated { get; }     // (rows, F)
+        public GpuTensor? Ffn { get; }       // (rows, C)
+        public GpuTensor Logits { get; }     // (rows, V)
+        public GpuTensor Cos { get; }        // (T, hd/2)
+        public GpuTensor Sin { get; }        // (T, hd/2)
+        public GpuTensor FreshS { get; }     // (B, D)
+        public GpuTensor? FreshZ { get; }    // (B, D)
+        public long RopePos0 { get; set; } = -1;
+        public long LastUse { get; set; }
+
+        public void Dispose()
+        {
+            foreach (var t in all) t.Dispose();
+        }
+    }
+}

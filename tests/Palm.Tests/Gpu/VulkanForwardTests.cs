@@ -1,0 +1,183 @@
+// The whole Vulkan forward (Palm.Gpu.Model.VulkanForward) against every golden file: parallel
+// logits and loss, single-step decoding and chunked prefill with odd chunk sizes against the
+// parallel GPU forward, greedy argmax, and buffer reuse. Tolerances are the golden README's
+// float32 ones (logits atol 1e-4 rtol 1e-5, loss atol 1e-5).
+using Palm.Gpu.Kernels;
+using Palm.Gpu.Model;
+using Palm.Gpu.Vulkan;
+using Palm.Inference.Model;
+using Palm.Tests.Golden;
+using Xunit.Abstractions;
+
+namespace Palm.Tests.Gpu;
+
+[Collection("Vulkan")]
+public sealed class VulkanForwardTests : IDisposable
+{
+    const double LogitsAtol = GoldenForwardTests.LogitsAtol, LogitsRtol = GoldenForwardTests.LogitsRtol, LossAtol = GoldenForwardTests.LossAtol;
+
+    readonly VulkanFixture fixture;
+    readonly ITestOutputHelper output;
+
+    public VulkanForwardTests(VulkanFixture fixture, ITestOutputHelper output)
+    {
+        this.fixture = fixture;
+        this.output = output;
+        fixture.Context?.Messenger?.Clear();
+    }
+
+    VulkanContext Ctx => fixture.Require();
+
+    public void Dispose()
+    {
+        if (fixture.Context is { } ctx) Validation.AssertClean(ctx, nameof(VulkanForwardTests));
+    }
+
+    public static TheoryData<string> Files => GoldenCase.Files();
+
+    internal static GpuModelConfig ToGpu(PalmConfig c) => new(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
+        c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
+
+    static VulkanForward Load(VulkanContext ctx, GoldenCase g) =>
+        new(ctx, ToGpu(g.Config), g.Params.ToDictionary(kv => kv.Key, kv => new GpuWeight(kv.Value.Shape[0], kv.Value.Shape[1], kv.Value.Data)));
+
+    // A low-rank, mean-mixing case when present (it exercises the most kernels), else the first file.
+    static string AnyFile()
+    {
+        var files = GoldenCase.Directories().SelectMany(d => Directory.EnumerateFiles(d, "*.msgpack")).Order(StringComparer.Ordinal).ToList();
+        return files.FirstOrDefault(f => Path.GetFileName(f).StartsWith("p1_", StringComparison.Ordinal)) ?? files[0];
+    }
+
+    static Func<int, string> LogitIndex(int T, int V) => i => $"(b={i / (T * V)}, t={i / V % T}, v={i % V})";
+
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Parallel_logits_and_loss_match_golden(string file)
+    {
+        var g = GoldenCase.Load(file);
+        using var fwd = Load(Ctx, g);
+        var logits = fwd.Forward(g.FlatTokens, g.B, g.T);
+        Assert.Equal(1, fwd.Recorder.Submissions);
+        Numerics.AssertClose(logits, g.Logits.Data, LogitsAtol, LogitsRtol, $"{g.Name} GPU parallel logits", LogitIndex(g.T, g.Config.VocabSize));
+        var loss = fwd.Loss(g.FlatTokens, g.FlatTargets, g.B, g.T);
+        Assert.Equal(2, fwd.Recorder.Submissions);
+        output.WriteLine($"{g.Name}: max |logits - golden| {Numerics.MaxAbsDiff(logits, g.Logits.Data):g3}, |loss - golden| {Math.Abs(loss - g.Loss):g3}, " +
+                         $"{fwd.Recorder.DispatchCount} dispatches, {fwd.Recorder.BarrierCount} barriers in one submission");
+        Assert.True(Math.Abs(loss - g.Loss) <= LossAtol, $"{g.Name} GPU loss {loss:g9}, ref {g.Loss:g9}, err {Math.Abs(loss - g.Loss):g3} > {LossAtol}");
+    }
+
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Step_decoding_and_chunked_prefill_match_the_parallel_forward(string file)
+    {
+        var g = GoldenCase.Load(file);
+        int B = g.B, T = g.T, V = g.Config.VocabSize;
+        using var fwd = Load(Ctx, g);
+        var parallel = fwd.Forward(g.FlatTokens, B, T);
+        var where = LogitIndex(T, V);
+
+        // One token at a time, states resident on the GPU.
+        using (var state = fwd.CreateState(B))
+        {
+            var got = new float[B * T * V];
+            var step = new float[B * V];
+            var tok = new int[B];
+            for (var t = 0; t < T; t++)
+            {
+                for (var b = 0; b < B; b++) tok[b] = g.Tokens[b][t];
+                fwd.Step(tok, state, step);
+                for (var b = 0; b < B; b++) step.AsSpan(b * V, V).CopyTo(got.AsSpan((b * T + t) * V, V));
+            }
+            Assert.Equal(T, state.Position);
+            Numerics.AssertClose(got, parallel, LogitsAtol, LogitsRtol, $"{g.Name} GPU step decoding vs GPU parallel", where);
+        }
+
+        // Odd chunk sizes, and a 1-token chunk between longer ones.
+        foreach (var sizes in new[] { new[] { 3, 1, 5 }, new[] { 7 }, new[] { 1, 2 } })
+        {
+            using var state = fwd.CreateState(B);
+            var got = new float[B * T * V];
+            var t0 = 0;
+            for (var k = 0; t0 < T; k++)
+            {
+                var len = Math.Min(sizes[k % sizes.Length], T - t0);
+                var tok = new int[B * len];
+                for (var b = 0; b < B; b++)
+                    for (var i = 0; i < len; i++) tok[b * len + i] = g.Tokens[b][t0 + i];
+                var l = fwd.Prefill(tok, len, state);
+                for (var b = 0; b < B; b++) l.AsSpan(b * len * V, len * V).CopyTo(got.AsSpan((b * T + t0) * V, len * V));
+                t0 += len;
+            }
+            Numerics.AssertClose(got, parallel, LogitsAtol, LogitsRtol, $"{g.Name} GPU chunked prefill [{string.Join(",", sizes)}...] vs GPU parallel", where);
+            Assert.InRange(fwd.ShapeCount, 1, VulkanForward.MaxShapes);
+            // The chunked run ends where the golden logits are defined too.
+            Numerics.AssertClose(got, g.Logits.Data, LogitsAtol, LogitsRtol, $"{g.Name} GPU chunked prefill vs golden", where);
+        }
+    }
+
+    [VulkanFact]
+    public void Greedy_steps_pick_the_argmax_and_reuse_their_buffers()
+    {
+        var g = GoldenCase.Load(AnyFile());
+        int B = g.B, V = g.Config.VocabSize;
+        using var fwd = Load(Ctx, g);
+        using var a = fwd.CreateState(B);
+        using var b = fwd.CreateState(B);
+        var tok = Enumerable.Range(0, B).Select(i => g.Tokens[i][0]).ToArray();
+        var logits = new float[B * V];
+        var next = new int[B];
+        for (var t = 0; t < 4; t++)
+        {
+            fwd.Step(tok, a, logits);
+            fwd.StepGreedy(tok, b, next);
+            var expected = new int[B];
+            CrossEntropy.ArgmaxReference(logits, B, V, expected);
+            Assert.Equal(expected, next);
+            tok = next.ToArray();
+        }
+        // Every step reused the one (B, 1) activation set.
+        Assert.Equal(1, fwd.ShapeCount);
+        Assert.Equal(4, b.Position);
+        Assert.Equal(a.DownloadS(0), b.DownloadS(0));
+    }
+
+    [VulkanFact]
+    public void Rejects_bad_tokens_targets_and_weights()
+    {
+        var g = GoldenCase.Load(AnyFile());
+        using var fwd = Load(Ctx, g);
+        int V = g.Config.VocabSize;
+        Assert.Throws<ArgumentOutOfRangeException>(() => fwd.Forward([0, V], 1, 2));
+        Assert.Throws<ArgumentOutOfRangeException>(() => fwd.Loss([0, 1], [0, -2], 1, 2));
+        Assert.Throws<ArgumentException>(() => fwd.Forward([0, 1, 2], 1, 2));
+        var weights = g.Params.ToDictionary(kv => kv.Key, kv => new GpuWeight(kv.Value.Shape[0], kv.Value.Shape[1], kv.Value.Data));
+        weights.Remove("unembed.w" + (g.Config.DRank > 0 ? "2" : ""));
+        Assert.Throws<ArgumentException>(() => new VulkanForward(Ctx, ToGpu(g.Config), weights));
+    }
+}
+
+/// <summary>The host RoPE tables that shaders/aod.comp reads, against the golden rope vectors (no device needed).</summary>
+public sealed class RopeTableTests
+{
+    public static TheoryData<string> Files => GoldenCase.Files();
+
+    [Theory, MemberData(nameof(Files))]
+    public void Rope_tables_match_golden_rope(string file)
+    {
+        var r = GoldenCase.Load(file).Rope;
+        int hd = r.Hd, half = hd / 2;
+        var got = new float[r.Input.Data.Length];
+        var cos = new float[half];
+        var sin = new float[half];
+        for (var p = 0; p < r.Positions.Length; p++)
+        {
+            Aod.RopeTables(hd, r.Positions[p], 1, cos, sin);
+            var x = r.Input.Data.AsSpan(p * hd, hd);
+            for (var j = 0; j < half; j++)
+            {
+                got[p * hd + j] = x[j] * cos[j] + x[half + j] * sin[j];
+                got[p * hd + half + j] = -x[j] * sin[j] + x[half + j] * cos[j];
+            }
+        }
+        // Angles formed in double: the tight tolerance holds at every position, t = 5000 included.
+        Numerics.AssertClose(got, r.Output.Data, 1e-5, 0, $"rope hd={hd}", i => $"(pos {r.Positions[i / hd]}, ch {i % hd})");
+    }
+}

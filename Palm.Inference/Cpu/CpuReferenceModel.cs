@@ -136,18 +136,11 @@ internal sealed class CpuReferenceModel
         var Z = mean ? new float[rows * D] : null;
         var y = new float[rows * D];
 
+        // Per token: QK-norm and RoPE per head (independent across rows), then the gates for
+        // all rows at once (vectorised sigmoid), then the causal scan per sequence.
+        var k = new float[rows * D];
         Parallel.For(0, batch, b =>
         {
-            var sRun = new double[D];
-            var zRun = new double[D];
-            // Running sums in double: over long prefills a float32 cumsum loses digits that
-            // the recurrent form (which adds one token at a time) would keep differently.
-            if (state is not null)
-            {
-                for (int j = 0; j < D; j++) sRun[j] = state.S[app][b * D + j];
-                if (mean) for (int j = 0; j < D; j++) zRun[j] = state.Z![app][b * D + j];
-            }
-            var kTmp = new float[D];
             for (int ti = 0; ti < t; ti++)
             {
                 int row = b * t + ti;
@@ -163,26 +156,54 @@ internal sealed class CpuReferenceModel
                     var qr = q.AsSpan(row * D + hh * hd, hd);
                     qs.CopyTo(qr);
                     CpuOps.RopeInPlace(qr, cs, sn);
-                    var kr = kTmp.AsSpan(hh * hd, hd);
+                    var kr = k.AsSpan(row * D + hh * hd, hd);
                     ks.CopyTo(kr);
                     CpuOps.RopeInPlace(kr, cs, sn);
                 }
-                for (int j = 0; j < D; j++)
+            }
+        });
+        System.Numerics.Tensors.TensorPrimitives.Sigmoid(k, g);
+
+        Parallel.For(0, batch, b =>
+        {
+            // Running sums in double: over long prefills a float32 cumsum loses digits that
+            // the recurrent form (which adds one token at a time) would keep differently.
+            var sRun = new double[D];
+            var zRun = new double[D];
+            if (state is not null)
+            {
+                for (int j = 0; j < D; j++) sRun[j] = state.S[app][b * D + j];
+                if (mean) for (int j = 0; j < D; j++) zRun[j] = state.Z![app][b * D + j];
+            }
+            for (int ti = 0; ti < t; ti++)
+            {
+                int row = b * t + ti;
+                var v = qkv.AsSpan(row * 3 * D + 2 * D, D);
+                var gr = g.AsSpan(row * D, D);
+                var qr = q.AsSpan(row * D, D);
+                var sr = S.AsSpan(row * D, D);
+                var yr = y.AsSpan(row * D, D);
+                if (mean)
                 {
-                    float gj = CpuOps.Sigmoid(kTmp[j]);
-                    g[row * D + j] = gj;
-                    sRun[j] += (double)gj * src[2 * D + j];
-                    float sj = (float)sRun[j];
-                    S[row * D + j] = sj;
-                    float rq = MathF.Max(q[row * D + j], 0);
-                    if (mean)
+                    var zr = Z.AsSpan(row * D, D);
+                    for (int j = 0; j < D; j++)
                     {
-                        zRun[j] += gj;
-                        float zj = (float)zRun[j];
-                        Z![row * D + j] = zj;
-                        y[row * D + j] = rq * sj / zj;
+                        sRun[j] += (double)gr[j] * v[j];
+                        zRun[j] += gr[j];
+                        float sj = (float)sRun[j], zj = (float)zRun[j];
+                        sr[j] = sj; zr[j] = zj;
+                        yr[j] = MathF.Max(qr[j], 0) * sj / zj;
                     }
-                    else y[row * D + j] = rq * sj;
+                }
+                else
+                {
+                    for (int j = 0; j < D; j++)
+                    {
+                        sRun[j] += (double)gr[j] * v[j];
+                        float sj = (float)sRun[j];
+                        sr[j] = sj;
+                        yr[j] = MathF.Max(qr[j], 0) * sj;
+                    }
                 }
             }
             if (state is not null)

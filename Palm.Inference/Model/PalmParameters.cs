@@ -64,38 +64,30 @@ public sealed class PalmParameters
     {
         config.Validate();
         Config = config;
-        int V = config.VocabSize, C = config.NEmbd, D = config.DQkv, r = config.DRank, F = config.DFfn;
-        Embed = Add("embed.weight", V, r > 0 ? r : C);
-        if (r > 0) EmbedProj = Add("embed.proj.w", C, r);
+        foreach (var e in ParameterLayout.Expected(config)) Add(e.Name, e.Rows, e.Cols);
+        Embed = _byName["embed.weight"];
+        EmbedProj = _byName.GetValueOrDefault("embed.proj.w");
         var blocks = new List<BlockParams>();
         for (int l = 0; l < config.NLayer; l++)
         {
-            var qkv = Linear($"blocks.{l}.qkv", C, 3 * D);
-            var proj = Linear($"blocks.{l}.proj", D, 2 * C);
-            LinearParams? up = F > 0 ? Linear($"blocks.{l}.ffn.up", C, 2 * F) : null;
-            LinearParams? down = F > 0 ? Linear($"blocks.{l}.ffn.down", F, C) : null;
-            blocks.Add(new BlockParams(qkv, proj, up, down));
+            bool ffn = config.DFfn > 0;
+            blocks.Add(new BlockParams(Linear($"blocks.{l}.qkv"), Linear($"blocks.{l}.proj"),
+                ffn ? Linear($"blocks.{l}.ffn.up") : null, ffn ? Linear($"blocks.{l}.ffn.down") : null));
         }
         Blocks = blocks;
-        Unembed = Linear("unembed", C, V);
+        Unembed = Linear("unembed");
     }
 
-    private ParamTensor Add(string name, int rows, int cols)
+    private void Add(string name, int rows, int cols)
     {
         var t = new ParamTensor(name, rows, cols);
         _byName.Add(name, t);
         _all.Add(t);
-        return t;
     }
 
-    private LinearParams Linear(string prefix, int inF, int outF)
-    {
-        int r = Config.DRank;
-        if (r == 0) return new LinearParams(Add(prefix + ".w", outF, inF), null, null);
-        var w1 = Add(prefix + ".w1", r, inF);
-        var w2 = Add(prefix + ".w2", outF, r);
-        return new LinearParams(null, w1, w2);
-    }
+    private LinearParams Linear(string prefix) => Config.DRank == 0
+        ? new LinearParams(_byName[prefix + ".w"], null, null)
+        : new LinearParams(null, _byName[prefix + ".w1"], _byName[prefix + ".w2"]);
 
     /// <summary>Looks up a tensor by checkpoint name.</summary>
     /// <exception cref="KeyNotFoundException">No tensor of that name in this config.</exception>

@@ -1,11 +1,9 @@
-// The parameter names and shapes a config implies, computed without allocating any weights.
-// PalmParameters is the source of truth; this mirror exists because constructing PalmParameters
-// (or even listing every name) for an untrusted config such as n_layer = 65536 would allocate far
-// more than a small file justifies. A test checks that both agree for many configs.
+// The single source of parameter names and shapes a config implies, computed without allocating
+// any weights: PalmParameters is built from it, and the checkpoint loader uses it to check an
+// untrusted file (n_layer = 65536, say) before allocating anything.
 using System.Globalization;
-using Palm.Inference.Model;
 
-namespace Palm.Inference.Checkpoint;
+namespace Palm.Inference.Model;
 
 /// <summary>One expected parameter: name and (rows, cols).</summary>
 internal readonly record struct ExpectedTensor(string Name, int Rows, int Cols)

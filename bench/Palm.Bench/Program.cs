@@ -8,11 +8,13 @@ return which switch
 {
     "model" => ModelBench.Run(rest),
     "tokenizer" => TokenizerBench.Run(rest),
+    "gpu" => GpuBench.Run(rest),
+    "gpu-check" => GpuCheck.Run(rest),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Palm.Bench model [--config small] [--reps 7] [--no-peer] [--write PATH] | tokenizer [--corpus PATH]... [--mb 10] [--vocab 8192]");
+    Console.Error.WriteLine("usage: Palm.Bench gpu [--sizes 256,512,1024] [--config small] | model [--config small] [--reps 7] [--no-peer] [--write PATH] | tokenizer [--corpus PATH]... [--mb 10] [--vocab 8192]");
     return 2;
 }

@@ -1,5 +1,6 @@
 // Loads one palm-golden-1 case (see ../shared/golden/README.md) into typed fields, reading the
-// config from the file itself so that any valid case, of any shape, can be checked.
+// config from the file itself so that any valid case, of any shape, can be checked. No xunit
+// types here: the GPU check runner (bench) compiles this file too.
 using MessagePack;
 using Palm.Inference.Model;
 
@@ -7,7 +8,7 @@ namespace Palm.Tests.Golden;
 
 public sealed record GoldenTensor(int[] Shape, float[] Data);
 
-public sealed class GoldenCase
+public sealed partial class GoldenCase
 {
     public required string Name { get; init; }
     public required PalmConfig Config { get; init; }
@@ -110,22 +111,12 @@ public sealed class GoldenCase
     private static Dictionary<string, Dictionary<string, GoldenTensor>> StateMap(object o) =>
         Map(o).ToDictionary(kv => (string)kv.Key, kv => TensorMap(kv.Value));
 
-    /// <summary>Every *.msgpack in ../shared/golden and in $PALM_GOLDEN_DIR, as xunit theory data (file paths).</summary>
-    public static TheoryData<string> Files()
-    {
-        var data = new TheoryData<string>();
-        foreach (var dir in Directories())
-            foreach (var f in Directory.EnumerateFiles(dir, "*.msgpack").Order(StringComparer.Ordinal))
-                data.Add(f);
-        return data;
-    }
-
     public static IEnumerable<string> Directories()
     {
         var seen = new HashSet<string>();
         var shared = FindShared();
-        if (shared is not null && Directory.Exists(Path.Combine(shared, "golden"))) { var d = Path.GetFullPath(Path.Combine(shared, "golden")); if (seen.Add(d)) yield return d; }
         var env = Environment.GetEnvironmentVariable("PALM_GOLDEN_DIR");
+        if (shared is not null && Directory.Exists(Path.Combine(shared, "golden"))) { var d = Path.GetFullPath(Path.Combine(shared, "golden")); if (seen.Add(d)) yield return d; }
         if (!string.IsNullOrEmpty(env))
         {
             if (!Directory.Exists(env)) throw new DirectoryNotFoundException($"PALM_GOLDEN_DIR={env} does not exist");

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The prepared GPU check, for the device tool's machines (NVIDIA GPU, no .NET, no internet).
+#
+#   scripts/gpu-check.sh prepare      # here: self-contained publish, golden files, Vulkan loader debs
+#   device run, carry ["publish", ".gl"], command: "bash scripts/gpu-check.sh run"
+#
+# `run` unpacks the Vulkan loader, runs the GPU conformance check (whole Vulkan forward and
+# single-step decoding against every golden file), the Vulkan matmul and forward benchmark, and
+# cuBLAS through PyTorch on the same shapes, and copies everything it printed to $OUT/gpu-check.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+pub=publish/gpu-check
+
+case "${1:-}" in
+prepare)
+  set -e
+  dotnet publish bench/Palm.Bench -c Release -r linux-x64 --self-contained \
+    -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true \
+    -o "$pub" -v q -nologo
+  rm -f "$pub"/*.pdb "$pub"/*.xml
+  mkdir -p "$pub/golden"
+  cp ../shared/golden/*.msgpack "$pub/golden/"
+  if [[ -n "${PALM_GOLDEN_DIR:-}" ]]; then cp "$PALM_GOLDEN_DIR"/*.msgpack "$pub/golden/"; fi
+  grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >> .git/info/exclude
+  mkdir -p .gl /tmp/amd64/partial
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  apt-get $o update -qq
+  (cd .gl && apt-get $o download -qq libvulkan1)
+  du -sh "$pub" .gl
+  echo "prepared: now call the device tool with carry [\"publish\", \".gl\"] and command \"bash scripts/gpu-check.sh run\""
+  ;;
+run)
+  log="${OUT:-/tmp}/gpu-check.log"
+  {
+    for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+    if [[ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]]; then
+      export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    fi
+    nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
+    export PALM_GOLDEN_DIR="$PWD/$pub/golden" PALM_VK_CACHE_DIR=/tmp/palm-vk-cache
+    echo "== conformance"; "$pub/Palm.Bench" gpu-check
+    echo "== vulkan benchmark"; "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5
+    echo "== per-kernel profile of one small forward"; PALM_VK_PROFILE=1 "$pub/Palm.Bench" gpu --sizes 256 --reps 1
+    echo "== cuBLAS through PyTorch, same shapes"
+    PYTHONUNBUFFERED=1 python3 - <<'PY'
+import time, torch
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+print("torch", torch.__version__, torch.cuda.get_device_name(0))
+for dtype in (torch.float32, torch.float16):
+    for (m, n, k) in [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (4096, 4096, 4096), (1, 1536, 256), (1, 4096, 256)]:
+        a = torch.randn(m, k, device="cuda", dtype=dtype); w = torch.randn(n, k, device="cuda", dtype=dtype)
+        for _ in range(3): a @ w.T
+        torch.cuda.synchronize(); reps = max(3, int(2e10 / (2 * m * n * k)))
+        t = time.perf_counter()
+        for _ in range(reps): a @ w.T
+        torch.cuda.synchronize(); s = (time.perf_counter() - t) / reps
+        print(f"| cuBLAS {str(dtype).split('.')[-1]} | {m} x {n} x {k} | {2*m*n*k/s/1e9:.1f} GFLOP/s | {s*1e3:.3f} ms |")
+PY
+  } 2>&1 | tee "$log"
+  ;;
+*)
+  echo "usage: scripts/gpu-check.sh prepare|run" >&2; exit 2 ;;
+esac

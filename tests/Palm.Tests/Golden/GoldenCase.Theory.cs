@@ -1,0 +1,16 @@
+// xunit theory data over the golden files: one test case per file.
+namespace Palm.Tests.Golden;
+
+public sealed partial class GoldenCase
+{
+    /// <summary>Every *.msgpack in ../shared/golden and in $PALM_GOLDEN_DIR, as xunit theory data (file paths).</summary>
+    public static TheoryData<string> Files()
+    {
+        var data = new TheoryData<string>();
+        foreach (var dir in Directories())
+            foreach (var f in Directory.EnumerateFiles(dir, "*.msgpack").Order(StringComparer.Ordinal))
+                data.Add(f);
+        return data;
+    }
+
+}

@@ -51,7 +51,27 @@ public static class ModelBench
             var (_, g) = ReferenceBackward.LossAndGradients(model, x, y, batch, t);
             ReferenceOptimizer.Step(p, g, state, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(step) }, ++step);
         }));
+
+        // Batch-1 generation the peer's way: parallel prefill of a 32-token prompt (which yields
+        // the first new token), then greedy O(1) steps until 256 new tokens exist.
+        const int Prompt = 32, NewTokens = 256, PrefillLen = 256;
+        var prompt = Enumerable.Range(0, Prompt).Select(_ => rng.NextInt(V)).ToArray();
+        var fast = new FastCpuDecoder(p);
+        int Generate(Action<int[], AodStateSet, float[]> step)
+        {
+            var st = new AodStateSet(config, 1);
+            var logits = model.Forward(prompt, 1, Prompt, st).AsSpan((Prompt - 1) * V, V).ToArray();
+            int tok = Palm.Inference.Sampling.Sampler.ArgMax(logits);
+            var one = new int[1];
+            for (int i = 1; i < NewTokens; i++) { one[0] = tok; step(one, st, logits); tok = Palm.Inference.Sampling.Sampler.ArgMax(logits); }
+            return tok;
+        }
+        rows.Add(Time("csharp-cpu-fast", "decode", NewTokens, 1, reps, () => Generate((t, s, l) => fast.Step(t, s, l))));
+        rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l))));
+        var longPrompt = Enumerable.Range(0, PrefillLen).Select(_ => rng.NextInt(V)).ToArray();
+        rows.Add(Time("csharp-cpu-reference", "prefill", PrefillLen, warmup, reps, () => model.Forward(longPrompt, 1, PrefillLen, new AodStateSet(config, 1))));
         foreach (var r in rows) Console.WriteLine($"  {r.Backend,-22} {r.What,-8} {r.TokensPerSecond,10:F0} tok/s  median {r.MedianMs,8:F1} ms ({r.Reps} reps)");
+        DecodeRoofline(config, p, rows.First(r => r.Backend == "csharp-cpu-fast" && r.What == "decode").TokensPerSecond);
 
         if (peer) rows.AddRange(RunPeer(preset));
         var table = Table(preset, rows);
@@ -59,6 +79,32 @@ public static class ModelBench
         Console.WriteLine(table);
         if (write is not null) { File.AppendAllText(write, table + "\n"); Console.WriteLine($"appended to {write}"); }
         return 0;
+    }
+
+    /// <summary>Achieved decode GFLOP/s against this machine's GEMM peak, and weight bytes per token against copy bandwidth.</summary>
+    private static void DecodeRoofline(PalmConfig c, PalmParameters p, double tokensPerSecond)
+    {
+        // Multiply-adds per token: every weight once per use; block weights once per recursion step.
+        long blockWeights = p.All.Where(t => t.IsMuon).Sum(t => (long)t.Length);
+        long other = (p.EmbedProj?.Length ?? 0) + (p.Unembed.Factorized ? p.Unembed.W1!.Length + p.Unembed.W2!.Length : p.Unembed.W!.Length);
+        long macs = blockWeights * c.NRecur + other;
+        double gflops = 2.0 * macs * tokensPerSecond / 1e9;
+        // Weights touched per token (each block's weights once per application, as a cold cache would).
+        double bytes = 4.0 * (blockWeights * c.NRecur + other + (p.Embed.Cols));
+        int n = 1024;
+        var a = new float[n * n]; var b = new float[n * n]; var cc = new float[n * n];
+        for (int i = 0; i < a.Length; i++) { a[i] = (i % 17) * 0.01f; b[i] = (i % 13) * 0.01f; }
+        CpuOps.MatMulABt(a, b, n, n, n, cc);
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 3; i++) CpuOps.MatMulABt(a, b, n, n, n, cc);
+        double peak = 3 * 2.0 * n * n * n / sw.Elapsed.TotalSeconds / 1e9;
+        var big = new byte[256 << 20]; var dst = new byte[256 << 20];
+        big.AsSpan().CopyTo(dst);
+        sw.Restart();
+        for (int i = 0; i < 3; i++) big.AsSpan().CopyTo(dst);
+        double bw = 3 * 2.0 * big.Length / sw.Elapsed.TotalSeconds / 1e9;   // read + write
+        Console.WriteLine($"  decode roofline: {macs / 1e6:F2} M multiply-adds/token -> {gflops:F1} GFLOP/s achieved vs {peak:F1} GFLOP/s GEMM 1024^3 here ({100 * gflops / peak:F0}%);");
+        Console.WriteLine($"                   {bytes / 1e6:F2} MB of weights/token -> {bytes * tokensPerSecond / 1e9:F1} GB/s vs {bw:F1} GB/s memcpy (read+write) here; the weights ({4.0 * p.Count / 1e6:F1} MB) mostly stay in cache");
     }
 
     private static Row Time(string backend, string what, int tokens, int warmup, int reps, Action fn)
@@ -81,7 +127,7 @@ public static class ModelBench
     {
         var script = FindPeerScript();
         if (script is null) { Console.WriteLine("peer: ../shared/bench/torch_palm_bench.py not found; skipped"); return []; }
-        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "--config", preset, "--what", "train,forward", "--json", "--threads", "2"])
+        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "--config", preset, "--what", "train,forward,decode,decode_full", "--json", "--threads", "2"])
         { RedirectStandardOutput = true, RedirectStandardError = true };
         Console.WriteLine($"peer: {string.Join(' ', psi.ArgumentList)}");
         Process? proc;

@@ -1,7 +1,11 @@
 // rmsnorm: y(R, C) = x / sqrt(mean(x^2) + eps) per row, no learned gain (spec: rmsnorm).
 // One workgroup per row; invocations stride over C (coalesced) and reduce the sum of
-// squares through shared memory. A subgroup-reduction variant is future work.
+// squares. -D SUBGROUP (variant rmsnorm_subgroup, used where the device has subgroup
+// arithmetic) reduces inside subgroups first and needs one barrier instead of log2(WG).
 #version 450
+#ifdef SUBGROUP
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
 #include "common.glsl"
 
 layout(constant_id = 0) const uint WG = 256;   // must be a power of two (tree reduction)
@@ -30,6 +34,15 @@ void main() {
         const float v = x[base + c];
         ss = fma(v, v, ss);
     }
+#ifdef SUBGROUP
+    ss = subgroupAdd(ss);
+    if (subgroupElect()) partial[gl_SubgroupID] = ss;
+    barrier();
+    // Every invocation adds the few per-subgroup sums itself: no second barrier needed.
+    float total = 0.0;
+    for (uint i = 0; i < gl_NumSubgroups; ++i) total += partial[i];
+    const float scale = inversesqrt(total / float(p.cols) + p.eps);
+#else
     partial[tid] = ss;
     barrier();
     for (uint s = WG / 2; s > 0; s >>= 1) {
@@ -37,6 +50,7 @@ void main() {
         barrier();
     }
     const float scale = inversesqrt(partial[0] / float(p.cols) + p.eps);
+#endif
 
     for (uint c = tid; c < p.cols; c += WG) {
         y[base + c] = x[base + c] * scale;

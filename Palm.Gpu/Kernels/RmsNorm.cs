@@ -19,8 +19,11 @@ internal static class RmsNorm
         public float eps;
     }
 
-    /// <summary>Records y = rmsnorm(x) over the last axis. x, y: (rows, cols) f32; y may not alias x.</summary>
-    public static void Record(CommandRecorder rec, VulkanContext ctx, GpuTensor x, GpuTensor y)
+    /// <summary>
+    /// Records y = rmsnorm(x) over the last axis. x, y: (rows, cols) f32; y may not alias x.
+    /// <paramref name="subgroup"/>: null picks the subgroup-arithmetic variant where the device has it.
+    /// </summary>
+    public static void Record(CommandRecorder rec, VulkanContext ctx, GpuTensor x, GpuTensor y, bool? subgroup = null)
     {
         if (x.DType != GpuDType.F32 || y.DType != GpuDType.F32 || x.Count != y.Count || x.Shape[^1] != y.Shape[^1])
             throw new ArgumentException($"rmsnorm: x {x} and y {y} must be f32 of the same shape");
@@ -28,7 +31,9 @@ internal static class RmsNorm
         var rows = x.Count / cols;
         // Power of two for the tree reduction; no wider than the row needs.
         var wg = Math.Min(Math.Clamp(Grid.NextPow2((uint)cols), 32u, 256u), Grid.NextPow2(ctx.Capabilities.MaxWorkgroupInvocations + 1) / 2);
-        var pipeline = ctx.Pipelines.Get("rmsnorm", 2, (uint)Marshal.SizeOf<RmsNormPush>(), wg);
+        bool useSubgroup = subgroup ?? ctx.Capabilities.SubgroupArithmetic;
+        if (useSubgroup && !ctx.Capabilities.SubgroupArithmetic) throw new NotSupportedException("rmsnorm: the device has no subgroup arithmetic");
+        var pipeline = ctx.Pipelines.Get(useSubgroup ? "rmsnorm_subgroup" : "rmsnorm", 2, (uint)Marshal.SizeOf<RmsNormPush>(), wg);
         var push = new RmsNormPush { rows = (uint)rows, cols = (uint)cols, eps = Eps };
         var (gx, gy) = Grid.Rows(rows, ctx.Capabilities.MaxWorkgroupCountX);
         rec.Dispatch(pipeline, [Binding.In(x), Binding.Out(y)], push, gx, gy);

@@ -47,6 +47,25 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         Run(y, ty, rec => Kernels.RmsNorm.Record(rec, Ctx, tx, ty));
     }
 
+    /// <summary>
+    /// The suite's rmsnorm cases run the variant the device prefers (subgroup arithmetic on
+    /// lavapipe and most GPUs); this runs the shared-memory fallback that other devices get.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(5, 257)]
+    [InlineData(4, 33)]
+    [InlineData(3, 1000)]
+    public void RmsNorm_shared_memory_fallback_matches_reference(int rows, int cols)
+    {
+        var x = Uniform(rows * cols, 1.0);
+        var y = Poisoned(rows * cols);
+        using var tx = Ctx.CreateTensor(x, GpuDType.F32, rows, cols);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, rows, cols);
+        Run(y, ty, rec => Kernels.RmsNorm.Record(rec, Ctx, tx, ty, subgroup: false));
+        Tolerance.AssertClose(y, RmsNormExpected(x, rows, cols), Tolerance.ForReduction(cols), Tolerance.F32Rtol, $"rmsnorm fallback rows={rows} cols={cols}", Seed, cols);
+    }
+
     protected override void Embedding(int[] idx, float[] table, int V, int C, float[] y)
     {
         using var ti = Ctx.CreateTensor(GpuDType.I32, idx.Length);

@@ -61,9 +61,15 @@ public static class ShardWriter
         {
             foreach (var chunk in TextChunks.Read(f))
             {
-                var ids = tokenizer.Encode(chunk);
-                (bytesDone >= valStart ? val : train).Write(ids);
-                bytesDone += Encoding.UTF8.GetByteCount(chunk);
+                int chunkBytes = Encoding.UTF8.GetByteCount(chunk);
+                // The chunk that holds the split point is cut there too (at the next safe cut), so
+                // the val split is the input's tail to within a line, not to within a chunk.
+                int cut = bytesDone < valStart && valStart < bytesDone + chunkBytes
+                    ? TextChunks.SafeCutAtOrAfter(chunk, (int)((double)(valStart - bytesDone) / chunkBytes * chunk.Length))
+                    : 0;
+                if (cut > 0) train.Write(tokenizer.Encode(chunk[..cut]));
+                (bytesDone + Encoding.UTF8.GetByteCount(chunk.AsSpan(0, cut)) >= valStart ? val : train).Write(tokenizer.Encode(chunk[cut..]));
+                bytesDone += chunkBytes;
                 if (bytesDone >= nextReport) { log?.Invoke($"prepare   {bytesDone / 1048576.0:F0} / {totalBytes / 1048576.0:F0} MiB"); nextReport += 64L << 20; }
             }
             if (options.EotBetweenFiles) (bytesDone >= valStart ? val : train).Write([tokenizer.EotId]);

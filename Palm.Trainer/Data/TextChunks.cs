@@ -59,6 +59,14 @@ internal static class TextChunks
         if (pending.Length > 0) yield return pending.ToString();
     }
 
+    /// <summary>The first safe cut index &gt;= <paramref name="from"/> (a line start after a line break, not whitespace), or 0 if none.</summary>
+    public static int SafeCutAtOrAfter(string text, int from)
+    {
+        for (int i = Math.Max(1, from); i < text.Length; i++)
+            if ((text[i - 1] == '\n' || text[i - 1] == '\r') && !char.IsWhiteSpace(text[i])) return i;
+        return 0;
+    }
+
     // The last index i with text[i-1] a line break and text[i] not whitespace; else a space
     // before a letter in over-long lines; else 0 (no cut).
     private static int LastSafeCut(StringBuilder text)

@@ -47,7 +47,13 @@ public sealed record ModelSection
                 throw new UserError($"config.model.vocab_size: {c.VocabSize} is smaller than the data's vocabulary of {dv}");
             return c;
         }
-        catch (PalmConfigException e) { throw new UserError($"config.model.{e.Field}: {e.Message[(e.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..]}"); }
+        catch (PalmConfigException e)
+        {
+            // ArgumentException.Message is "config.field: text (Parameter 'field')"; keep the text.
+            string m = e.Message[(e.Message.IndexOf(": ", StringComparison.Ordinal) + 2)..];
+            int p = m.LastIndexOf(" (Parameter '", StringComparison.Ordinal);
+            throw new UserError($"config.model.{e.Field}: {(p > 0 ? m[..p] : m)}");
+        }
     }
 
     /// <summary>This section with every field filled from <paramref name="c"/> (what a run saves).</summary>

@@ -17,6 +17,8 @@ public sealed record PrepareOptions
     public double ValFraction { get; init; } = 0.1;
     /// <summary>Append the end-of-text token after each input file (a document boundary).</summary>
     public bool EotBetweenFiles { get; init; } = true;
+    /// <summary>Characters per encoded chunk (memory bound); tests make it tiny to exercise chunk boundaries.</summary>
+    public int ChunkChars { get; init; } = TextChunks.TargetChars;
 }
 
 /// <summary>Writes the shards and manifest of a prepared token folder.</summary>
@@ -59,7 +61,7 @@ public static class ShardWriter
         long bytesDone = 0, nextReport = 64L << 20;
         foreach (var f in files)
         {
-            foreach (var chunk in TextChunks.Read(f))
+            foreach (var chunk in TextChunks.Read(f, options.ChunkChars))
             {
                 int chunkBytes = Encoding.UTF8.GetByteCount(chunk);
                 // The chunk that holds the split point is cut there too (at the next safe cut), so
@@ -67,8 +69,12 @@ public static class ShardWriter
                 int cut = bytesDone < valStart && valStart < bytesDone + chunkBytes
                     ? TextChunks.SafeCutAtOrAfter(chunk, (int)((double)(valStart - bytesDone) / chunkBytes * chunk.Length))
                     : 0;
-                if (cut > 0) train.Write(tokenizer.Encode(chunk[..cut]));
-                (bytesDone + Encoding.UTF8.GetByteCount(chunk.AsSpan(0, cut)) >= valStart ? val : train).Write(tokenizer.Encode(chunk[cut..]));
+                if (cut > 0)
+                {
+                    train.Write(tokenizer.Encode(chunk[..cut]));
+                    val.Write(tokenizer.Encode(chunk[cut..]));
+                }
+                else (bytesDone >= valStart ? val : train).Write(tokenizer.Encode(chunk));
                 bytesDone += chunkBytes;
                 if (bytesDone >= nextReport) { log?.Invoke($"prepare   {bytesDone / 1048576.0:F0} / {totalBytes / 1048576.0:F0} MiB"); nextReport += 64L << 20; }
             }

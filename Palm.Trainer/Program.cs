@@ -1,8 +1,6 @@
-// Palm.Trainer command line. `demo` is the README's main job: train a tokenizer and a tiny model
-// on the CPU reference backend, save a .palm checkpoint, and sample from it.
-using System.CommandLine;
+// Palm.Trainer command line. `demo` is the README's main job (tokenizer + tiny model + sample in
+// one go); `tokenizer` → `prepare` → `train` → `eval` / `sample` are the steps of a real run.
+// docs/trainer.md documents every command and file format.
 using Palm.Trainer.Commands;
 
-var root = new RootCommand("Palm.Trainer: train Palm language models");
-root.Subcommands.Add(DemoCommand.Create());
-return root.Parse(args).Invoke();
+return TrainerCli.Run(args);

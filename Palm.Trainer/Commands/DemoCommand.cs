@@ -46,7 +46,7 @@ internal static class DemoCommand
         Console.WriteLine($"tokenizer {tokenizer.VocabSize} tokens, trained and encoded in {sw.Elapsed.TotalSeconds:F1} s: {ids.Length:N0} tokens ({(double)Encoding.UTF8.GetByteCount(text) / ids.Length:F2} bytes/token)");
 
         var config = PalmConfig.Tiny with { VocabSize = tokenizer.VocabSize };
-        var opts = new TrainOptions { Steps = steps, Seed = seed, EvalInterval = Math.Max(1, steps / 5) };
+        var opts = new TrainConfig { Steps = steps, Seed = seed, EvalInterval = Math.Max(1, steps / 5) };
         var data = new TokenDataset(ids, config.BlockSize);
         var parameters = new PalmParameters(config);
         parameters.InitTraining(new Rng(seed));
@@ -71,31 +71,4 @@ internal static class DemoCommand
         Console.WriteLine($"done in {total.Elapsed.TotalSeconds:F0} s");
         return 0;
     }
-}
-
-/// <summary>A one-line progress display (rewritten in place on a terminal, one line per report otherwise).</summary>
-internal sealed class ConsoleProgress(int steps)
-{
-    private readonly Stopwatch _sw = Stopwatch.StartNew();
-    private readonly bool _tty = !Console.IsOutputRedirected;
-    private double _emaLoss = double.NaN;
-    private long _lastLine;
-
-    public void Report(StepReport r)
-    {
-        _emaLoss = double.IsNaN(_emaLoss) ? r.Loss : 0.9 * _emaLoss + 0.1 * r.Loss;
-        double eta = _sw.Elapsed.TotalSeconds / r.Step * (steps - r.Step);
-        int width = 24, filled = (int)((long)width * r.Step / steps);
-        string bar = new string('#', filled) + new string('.', width - filled);
-        string line = $"[{bar}] step {r.Step,5}/{steps}  loss {_emaLoss:F3}  {r.TokensPerSecond,7:F0} tok/s  lr {r.MuonLr:G3}/{r.AdamLr:G3}  ETA {eta,4:F0} s";
-        if (r.ValLoss is double v)
-        {
-            if (_tty) Console.Write("\r" + new string(' ', 110) + "\r");
-            Console.WriteLine($"step {r.Step,5}: train loss {_emaLoss:F3}, val loss {v:F3}");
-        }
-        if (_tty) Console.Write("\r" + line);
-        else if (_sw.ElapsedMilliseconds - _lastLine > 10_000) { Console.WriteLine(line); _lastLine = _sw.ElapsedMilliseconds; }
-    }
-
-    public void Done() { if (_tty) Console.WriteLine(); }
 }

@@ -1,0 +1,133 @@
+// The whole GPU training step (Palm.Gpu.Training.VulkanTraining) against every golden file:
+// one submission computes loss, gradients, the clipped Muon + AdamW step; the gradients
+// (left unclipped on the device), grad_norm, params_out and state_out are compared with the
+// float64 PyTorch values under the golden README's tolerances: loss atol 1e-5; grads per tensor
+// max abs err <= 5e-4 max|ref|; grad_norm rtol 1e-5; params_out atol 5e-6; state_out per tensor
+// 1e-5 max|ref|; Newton-Schulz atol 2e-5. The optimizer is also checked alone on the stored
+// grads (the golden step's own inputs), and Newton-Schulz alone on the stored NS cases.
+using Palm.Gpu.Kernels;
+using Palm.Gpu.Model;
+using Palm.Gpu.Training;
+using Palm.Gpu.Vulkan;
+using Palm.Tests.Golden;
+using Xunit.Abstractions;
+
+namespace Palm.Tests.Gpu.Training;
+
+[Collection("Vulkan")]
+public sealed class VulkanTrainingTests : IDisposable
+{
+    const double LossAtol = GoldenForwardTests.LossAtol, GradRelMax = 5e-4;
+    const double GradNormRtol = GoldenOptimizerTests.GradNormRtol, ParamsOutAtol = GoldenOptimizerTests.ParamsOutAtol;
+    const double StateRelMax = GoldenOptimizerTests.StateRelMax, NsAtol = GoldenOptimizerTests.NsAtol;
+
+    readonly VulkanFixture fixture;
+    readonly ITestOutputHelper output;
+
+    public VulkanTrainingTests(VulkanFixture fixture, ITestOutputHelper output)
+    {
+        this.fixture = fixture;
+        this.output = output;
+        fixture.Context?.Messenger?.Clear();
+    }
+
+    VulkanContext Ctx => fixture.Require();
+
+    public void Dispose()
+    {
+        if (fixture.Context is { } ctx) Validation.AssertClean(ctx, nameof(VulkanTrainingTests));
+    }
+
+    public static TheoryData<string> Files => GoldenCase.Files();
+
+    static VulkanTraining Load(VulkanContext ctx, GoldenCase g)
+    {
+        var t = new VulkanTraining(ctx, VulkanForwardTests.ToGpu(g.Config),
+            g.Params.ToDictionary(kv => kv.Key, kv => new GpuWeight(kv.Value.Shape[0], kv.Value.Shape[1], kv.Value.Data)));
+        foreach (var (name, st) in g.Step.StateIn)
+        {
+            t.Write(name, ParamSlot.M, st["m"].Data);
+            if (st.TryGetValue("v", out var v)) t.Write(name, ParamSlot.V, v.Data);
+        }
+        return t;
+    }
+
+    static GpuStepHyper Hyper(GoldenStep s) =>
+        new(s.MuonLr, s.AdamLr, s.WeightDecay, s.MuonBeta, s.AdamBeta1, s.AdamBeta2, s.AdamEps, s.Clip, s.AdamStep);
+
+    void AssertStepOutputs(VulkanTraining t, GoldenCase g, double norm, string what)
+    {
+        var s = g.Step;
+        Assert.True(Math.Abs(norm - s.GradNorm) <= GradNormRtol * Math.Abs(s.GradNorm),
+            $"{g.Name} {what}: grad_norm {norm:g9} vs {s.GradNorm:g9} (rel err {Math.Abs(norm - s.GradNorm) / s.GradNorm:g3})");
+        double worstParam = 0;
+        foreach (var name in t.Names)
+        {
+            var p = t.Read(name, ParamSlot.Value);
+            worstParam = Math.Max(worstParam, Numerics.MaxAbsDiff(p, s.ParamsOut[name].Data));
+            Numerics.AssertClose(p, s.ParamsOut[name].Data, ParamsOutAtol, 0, $"{g.Name} {what} params_out {name}");
+            var so = s.StateOut[name];
+            Numerics.AssertCloseRelMax(t.Read(name, ParamSlot.M), so["m"].Data, StateRelMax, $"{g.Name} {what} state_out {name}.m");
+            Assert.Equal(t.IsMuon(name), !so.ContainsKey("v"));
+            if (so.TryGetValue("v", out var v)) Numerics.AssertCloseRelMax(t.Read(name, ParamSlot.V), v.Data, StateRelMax, $"{g.Name} {what} state_out {name}.v");
+        }
+        output.WriteLine($"{g.Name} {what}: |grad_norm - golden| / golden {Math.Abs(norm - s.GradNorm) / s.GradNorm:g3}, max |params - params_out| {worstParam:g3}");
+    }
+
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Training_step_matches_golden(string file)
+    {
+        var g = GoldenCase.Load(file);
+        using var t = Load(Ctx, g);
+        var r = t.Step(g.FlatTokens, g.FlatTargets, g.B, g.T, Hyper(g.Step));
+        Assert.Equal(1, t.Recorder.Submissions);
+        output.WriteLine($"{g.Name}: one submission, {t.Recorder.DispatchCount} dispatches, {t.Recorder.BarrierCount} barriers; " +
+                         $"|loss - golden| {Math.Abs(r.Loss - g.Loss):g3}");
+        Assert.True(Math.Abs(r.Loss - g.Loss) <= LossAtol, $"{g.Name} loss {r.Loss:g9} vs {g.Loss:g9}");
+        double worst = 0;
+        foreach (var name in t.Names)
+        {
+            var grad = t.Read(name, ParamSlot.Grad);
+            var gold = g.Grads[name].Data;
+            var maxRef = gold.Max(v => Math.Abs((double)v));
+            worst = Math.Max(worst, Numerics.MaxAbsDiff(grad, gold) / Math.Max(maxRef, 1e-30));
+            Numerics.AssertCloseRelMax(grad, gold, GradRelMax, $"{g.Name} grad {name}");
+        }
+        output.WriteLine($"{g.Name}: worst grad error / max|ref| {worst:g3}");
+        AssertStepOutputs(t, g, r.GradNorm, "step");
+    }
+
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Optimizer_on_stored_grads_matches_golden(string file)
+    {
+        var g = GoldenCase.Load(file);
+        using var t = Load(Ctx, g);
+        foreach (var name in t.Names) t.Write(name, ParamSlot.Grad, g.Grads[name].Data);
+        var norm = t.ApplyOptimizer(Hyper(g.Step));
+        AssertStepOutputs(t, g, norm, "optimizer on stored grads");
+    }
+
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Newton_schulz_matches_golden(string file)
+    {
+        var g = GoldenCase.Load(file);
+        Assert.NotEmpty(g.NewtonSchulz);
+        foreach (var (input, expected) in g.NewtonSchulz)
+        {
+            int m = input.Shape[0], n = input.Shape[1];
+            // Momentum from zero with beta 0 and clip factor 1 makes U = G: the orthogonalisation alone.
+            using var grad = Ctx.CreateTensor(input.Data, GpuDType.F32, m, n);
+            using var mom = Ctx.CreateTensor(new float[m * n], GpuDType.F32, m, n);
+            using var clip = Ctx.CreateTensor([0f, 1f], GpuDType.F32, 2);
+            using var scratch = new Muon.Scratch(Ctx, m, n);
+            using var rec = new CommandRecorder(Ctx);
+            var x = Muon.RecordOrthogonalize(rec, Ctx, grad, mom, clip, 0f, scratch);
+            rec.Submit();
+            var xs = x.ToArray();
+            var got = new float[m * n];
+            for (var r = 0; r < m; r++)
+                for (var c = 0; c < n; c++) got[r * n + c] = scratch.Tall ? xs[c * m + r] : xs[r * n + c];
+            Numerics.AssertClose(got, expected.Data, NsAtol, 0, $"{g.Name} GPU newton_schulz ({m}x{n})", i => $"({i / n},{i % n})");
+        }
+    }
+}

@@ -14,6 +14,7 @@ internal static class TrainerCli
         root.Subcommands.Add(TrainCommand.Create());
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(SampleCommand.Create());
+        root.Subcommands.Add(ExportCommand.Create());
         return root;
     }
 

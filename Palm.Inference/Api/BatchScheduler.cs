@@ -1,7 +1,8 @@
 // Owns every call into a model's backend. Sessions submit work (a prefill chunk, or one token
-// to feed); one loop on the thread pool runs it, putting every pending step into ONE batched
-// backend step (B = sessions waiting), so concurrent sessions share the weight reads. The loop
-// exists only while work is queued; the backend is called from one thread at a time.
+// to feed); one loop runs it, putting every pending step into ONE batched backend step
+// (B = sessions waiting), so concurrent sessions share the weight reads. The loop has its own
+// thread because it waits briefly for sessions to submit: a pool thread blocked on that wait
+// could starve the very continuations it waits for. Sessions sample on the thread pool.
 using System.Diagnostics;
 using Palm.Inference.Backends;
 
@@ -13,15 +14,17 @@ internal sealed class BatchScheduler : IDisposable
     private readonly object _gate = new();
     private readonly List<Work> _steps = [];
     private readonly Queue<Work> _prefills = new();
-    private Task? _loop;
+    private Thread? _thread;
     private bool _disposed;
-    private int _decoding;
+    private int _active;
+    private int _withCaller;
     private float[] _logits = [];
     private int[] _tokens = [];
 
-    // When some decoding sessions have not yet submitted their next token (their caller is still
-    // handling the last piece), wait this long for them before stepping the ones that have.
-    internal static readonly TimeSpan BatchWindow = TimeSpan.FromMilliseconds(2);
+    // A step waits for every decoding session that is in our hands (sampling, about to submit),
+    // but not for those whose caller holds a piece: a slow consumer must not stall the others.
+    // The window only bounds the wait when the thread pool is slow to run the samplers.
+    internal static readonly TimeSpan BatchWindow = TimeSpan.FromMilliseconds(20);
 
     public BatchScheduler(IInferenceBackend backend) => _backend = backend;
 
@@ -39,17 +42,29 @@ internal sealed class BatchScheduler : IDisposable
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
-    /// <summary>A session enters or leaves its decoding loop: the batch window waits only for decoding sessions.</summary>
-    public void EnterDecode() { lock (_gate) _decoding++; }
+    /// <summary>A generation starts or ends: a step waits only for active sessions (minus those with their caller).</summary>
+    public void EnterActive() { lock (_gate) _active++; }
 
-    public void ExitDecode()
+    public void ExitActive()
     {
         lock (_gate)
         {
-            _decoding--;
+            _active--;
             Monitor.PulseAll(_gate);
         }
     }
+
+    /// <summary>A decoding session hands a piece to its caller (<see cref="Resumed"/> when the caller asks for more).</summary>
+    public void Yielding()
+    {
+        lock (_gate)
+        {
+            _withCaller++;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    public void Resumed() { lock (_gate) _withCaller--; }
 
     /// <summary>Feeds <paramref name="tokens"/> (T) to one sequence; its last logits (V) land in <paramref name="logits"/>.</summary>
     public Task PrefillAsync(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits) => Submit(new Work(state, tokens, logits), prefill: true);
@@ -65,7 +80,11 @@ internal sealed class BatchScheduler : IDisposable
             if (prefill) _prefills.Enqueue(w);
             else _steps.Add(w);
             Monitor.PulseAll(_gate);
-            if (_loop is null || _loop.IsCompleted) _loop = Task.Run(Loop);
+            if (_thread is null)
+            {
+                _thread = new Thread(Loop) { IsBackground = true, Name = "Palm scheduler" };
+                _thread.Start();
+            }
         }
         return w.Done.Task;
     }
@@ -74,28 +93,26 @@ internal sealed class BatchScheduler : IDisposable
     {
         while (true)
         {
-            Work[] steps;
-            Work? prefill;
+            Work[] steps, prefills;
             lock (_gate)
             {
+                while (_steps.Count == 0 && _prefills.Count == 0 && !_disposed) Monitor.Wait(_gate);
+                if (_disposed) return;
                 var until = Stopwatch.GetTimestamp() + (long)(BatchWindow.TotalSeconds * Stopwatch.Frequency);
-                while (_steps.Count > 0 && _steps.Count < _decoding && _prefills.Count == 0 && !_disposed)
+                while (_steps.Count > 0 && _steps.Count < _active - _withCaller && _prefills.Count == 0 && !_disposed)
                 {
                     long left = until - Stopwatch.GetTimestamp();
                     if (left <= 0) break;
                     Monitor.Wait(_gate, TimeSpan.FromSeconds((double)left / Stopwatch.Frequency));
                 }
-                if (_steps.Count == 0 && _prefills.Count == 0)
-                {
-                    _loop = null;
-                    return;
-                }
                 steps = [.. _steps];
                 _steps.Clear();
-                prefill = _prefills.Count > 0 ? _prefills.Dequeue() : null;
+                prefills = [.. _prefills];
+                _prefills.Clear();
             }
+            // Prompts first (one chunk each), so that sessions reach decoding together and batch.
+            foreach (var p in prefills) RunPrefill(p);
             if (steps.Length > 0) RunSteps(steps);
-            if (prefill is not null) RunPrefill(prefill);
         }
     }
 
@@ -138,7 +155,7 @@ internal sealed class BatchScheduler : IDisposable
     /// <summary>Fails queued work, waits for the running call to end, then frees the backend.</summary>
     public void Dispose()
     {
-        Task? loop;
+        Thread? loop;
         lock (_gate)
         {
             if (_disposed) return;
@@ -149,9 +166,9 @@ internal sealed class BatchScheduler : IDisposable
             _steps.Clear();
             _prefills.Clear();
             Monitor.PulseAll(_gate);
-            loop = _loop;
+            loop = _thread;
         }
-        loop?.Wait();
+        if (loop is not null && loop != Thread.CurrentThread) loop.Join();
         _backend.Dispose();
     }
 }

@@ -14,7 +14,9 @@ public enum Backend
     Vulkan,
 }
 
-/// <summary>A step of <see cref="PalmModel.Load(string, ModelOptions?)"/>: a stage name and the overall fraction done (0..1).</summary>
+/// <summary>A step of <see cref="PalmModel.Load(string, ModelOptions?)"/>.</summary>
+/// <param name="Stage">What is being done: <c>read</c>, <c>hash</c>, <c>backend</c> (creating it and uploading weights), <c>ready</c>.</param>
+/// <param name="Fraction">Overall fraction done, 0..1.</param>
 public readonly record struct ModelLoadProgress(string Stage, double Fraction);
 
 /// <summary>Options for loading a model.</summary>

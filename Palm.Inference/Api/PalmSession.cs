@@ -90,10 +90,12 @@ public sealed class PalmSession : IDisposable
         var clock = Stopwatch.StartNew();
         TimeSpan prefillTime = default;
         var before = Snapshot();
-        bool faulted = true, decoding = false;
+        bool faulted = true, active = false, withCaller = false;
         var scheduler = _model.Scheduler;
         try
         {
+            scheduler.EnterActive();
+            active = true;
             await ThreadPoolSwitch.Instance;
             var tok = _model.Tokenizer;
             var promptIds = tok.Encode(prompt);
@@ -128,8 +130,6 @@ public sealed class PalmSession : IDisposable
                 o.RepetitionPenalty, o.PresencePenalty, o.FrequencyPenalty, o.LogitBias);
             var decoder = new StreamingDecoder(tok);
             var stops = new StopStringMatcher(o.StopStrings);
-            scheduler.EnterDecode();
-            decoding = true;
             bool hit = false;
             while (true)
             {
@@ -149,11 +149,17 @@ public sealed class PalmSession : IDisposable
                 if (emit.Length > 0)
                 {
                     faulted = false;
+                    scheduler.Yielding();
+                    withCaller = true;
                     yield return emit;
+                    withCaller = false;
+                    scheduler.Resumed();
                     faulted = true;
                 }
                 if (hit) { reason = StopReason.StopString; break; }
             }
+            scheduler.ExitActive();
+            active = false;
             if (!hit)
             {
                 // Bytes of a character that never completed, and text held back for a stop string that never came.
@@ -170,7 +176,8 @@ public sealed class PalmSession : IDisposable
         }
         finally
         {
-            if (decoding) scheduler.ExitDecode();
+            if (withCaller) scheduler.Resumed();
+            if (active) scheduler.ExitActive();
             if (faulted) Restore(before);
             else LastResult = new GenerationResult(reason, promptTokens, generated, prefillTime, clock.Elapsed - prefillTime);
             Exit();

@@ -4,7 +4,7 @@ using Palm.Inference;
 
 namespace Palm.Tests.Api;
 
-public sealed class BatchingTests
+public sealed class BatchingTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private static readonly TinyModel M = TinyModel.Shared;
 
@@ -37,6 +37,7 @@ public sealed class BatchingTests
 
         for (int i = 0; i < N; i++)
             Assert.True(solo[i] == together[i], $"session {i} differs when batched (seed {seed}, {M.Describe}):\n  solo:    {solo[i]}\n  batched: {together[i]}");
+        output.WriteLine($"largest batch {model.Scheduler.MaxBatch} of {N}; {model.Scheduler.StepCalls} batched steps");
         Assert.True(model.Scheduler.MaxBatch > N / 2, $"largest batched step held {model.Scheduler.MaxBatch} sessions of {N}");
     }
 }

@@ -21,7 +21,7 @@ public sealed class SessionTests
         return sb.ToString();
     }
 
-    private static GenerationOptions Greedy(int n) => new() { Temperature = 0, MaxTokens = n, LogitBias = TinyModel.AsciiOnly };
+    private GenerationOptions Greedy(int n) => new() { Temperature = 0, MaxTokens = n, LogitBias = M.AsciiOnly };
 
     [Fact]
     public async Task Greedy_text_matches_the_reference_model_step_by_step()
@@ -55,7 +55,7 @@ public sealed class SessionTests
     public async Task Same_seed_gives_the_same_text_and_other_seeds_differ()
     {
         using var model = M.Load();
-        var o = new GenerationOptions { Temperature = 1.2f, TopK = 0, TopP = 1, MaxTokens = 24, Seed = 7, LogitBias = TinyModel.AsciiOnly };
+        var o = new GenerationOptions { Temperature = 1.2f, TopK = 0, TopP = 1, MaxTokens = 24, Seed = 7, LogitBias = M.AsciiOnly };
         var texts = new List<string>();
         foreach (var seed in new ulong[] { 7, 7, 8, 9 })
         {
@@ -76,7 +76,7 @@ public sealed class SessionTests
     public async Task Two_calls_continue_exactly_like_one()
     {
         using var model = M.Load();
-        var o = new GenerationOptions { Temperature = 0.9f, MaxTokens = 30, Seed = 5, LogitBias = TinyModel.AsciiOnly };
+        var o = new GenerationOptions { Temperature = 0.9f, MaxTokens = 30, Seed = 5, LogitBias = M.AsciiOnly };
         using var one = model.CreateSession();
         var whole = await Collect(one, "Then it wrote", o);
         using var two = model.CreateSession();
@@ -90,7 +90,7 @@ public sealed class SessionTests
     public async Task Stop_string_ends_the_text_before_it()
     {
         using var model = M.Load();
-        var o = new GenerationOptions { Temperature = 0.7f, MaxTokens = 40, Seed = 11, LogitBias = TinyModel.AsciiOnly };
+        var o = new GenerationOptions { Temperature = 0.7f, MaxTokens = 40, Seed = 11, LogitBias = M.AsciiOnly };
         string full;
         using (var s = model.CreateSession()) full = await Collect(s, "In the beginning", o);
         Assert.True(full.Length >= 8, $"need a longer text to cut {M.Describe}: '{full}'");
@@ -120,7 +120,7 @@ public sealed class SessionTests
     {
         using var model = M.Load();
         using var s = model.CreateSession();
-        var ban = new Dictionary<int, float>(TinyModel.AsciiOnly) { [M.Tokenizer.EotId] = float.NegativeInfinity };
+        var ban = new Dictionary<int, float>(M.AsciiOnly) { [M.Tokenizer.EotId] = float.NegativeInfinity };
         await Collect(s, "The", new GenerationOptions { MaxTokens = 9, Temperature = 1, LogitBias = ban, Seed = 1 });
         Assert.Equal(StopReason.MaxTokens, s.LastResult!.StopReason);
         Assert.Equal(9, s.LastResult.GeneratedTokens);
@@ -152,7 +152,7 @@ public sealed class SessionTests
 
         using var cts = new CancellationTokenSource();
         int pieces = 0;
-        var ban = new Dictionary<int, float>(TinyModel.AsciiOnly) { [M.Tokenizer.EotId] = float.NegativeInfinity };
+        var ban = new Dictionary<int, float>(M.AsciiOnly) { [M.Tokenizer.EotId] = float.NegativeInfinity };
         await foreach (var _ in s.GenerateAsync("x", new GenerationOptions { MaxTokens = 200, Temperature = 1, LogitBias = ban }, cts.Token))
             if (++pieces == 3) cts.Cancel();
         Assert.Equal(StopReason.Cancelled, s.LastResult!.StopReason);
@@ -191,7 +191,7 @@ public sealed class SessionTests
     {
         using var model = M.Load();
         using var s = model.CreateSession(new SessionOptions { Seed = 21 });
-        var o = new GenerationOptions { Temperature = 1, MaxTokens = 20, LogitBias = TinyModel.AsciiOnly, RepetitionPenalty = 1.3f, PresencePenalty = 0.5f };
+        var o = new GenerationOptions { Temperature = 1, MaxTokens = 20, LogitBias = M.AsciiOnly, RepetitionPenalty = 1.3f, PresencePenalty = 0.5f };
         await Collect(s, "In the beginning", o);
         var saved = s.SaveState();
         using var fork = s.Fork();

@@ -47,7 +47,10 @@ internal sealed class TinyModel
     public Palm.Inference.PalmModel Load(Palm.Inference.Backend backend = Palm.Inference.Backend.Cpu) =>
         Palm.Inference.PalmModel.Load(Path, new Palm.Inference.ModelOptions { Backend = backend });
 
-    /// <summary>Bans the non-ASCII byte tokens, so every piece is plain ASCII and text compares across calls.</summary>
-    public static IReadOnlyDictionary<int, float> AsciiOnly { get; } =
-        Enumerable.Range(128, 128).ToDictionary(i => i, _ => float.NegativeInfinity);
+    /// <summary>Bans the non-ASCII byte tokens and end-of-text: every piece is plain ASCII (text compares
+    /// across calls) and a generation runs to its token limit, whatever the random weights prefer.</summary>
+    public IReadOnlyDictionary<int, float> AsciiOnly => _asciiOnly ??=
+        Enumerable.Range(128, 128).Append(Tokenizer.EotId).ToDictionary(i => i, _ => float.NegativeInfinity);
+
+    private IReadOnlyDictionary<int, float>? _asciiOnly;
 }

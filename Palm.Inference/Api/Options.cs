@@ -6,7 +6,8 @@ namespace Palm.Inference;
 /// <summary>Which compute backend a <see cref="PalmModel"/> runs on.</summary>
 public enum Backend
 {
-    /// <summary>Vulkan when a device exists, otherwise the CPU; <see cref="PalmModel.BackendDescription"/> says which and why.</summary>
+    /// <summary>Vulkan when a hardware device exists, otherwise the CPU; <see cref="PalmModel.BackendDescription"/> says
+    /// which and why. A software Vulkan driver (lavapipe) is used only when <c>PALM_VK_DEVICE</c> names it.</summary>
     Auto,
     /// <summary>The CPU reference backend (float32, always available).</summary>
     Cpu,

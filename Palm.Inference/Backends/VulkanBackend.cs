@@ -33,9 +33,12 @@ internal sealed class VulkanBackend : IInferenceBackend
 
     /// <summary>Creates a Vulkan context and uploads the weights.</summary>
     /// <exception cref="GpuUnavailableException">No Vulkan loader or no usable device.</exception>
-    public static VulkanBackend Create(PalmParameters parameters, VulkanOptions? options = null)
+    public static VulkanBackend Create(PalmParameters parameters, VulkanOptions? options = null) =>
+        Create(VulkanContext.Create(options ?? VulkanOptions.FromEnvironment()), parameters);
+
+    /// <summary>Uploads the weights to <paramref name="ctx"/>, which the backend then owns (disposed on failure too).</summary>
+    public static VulkanBackend Create(VulkanContext ctx, PalmParameters parameters)
     {
-        var ctx = VulkanContext.Create(options ?? VulkanOptions.FromEnvironment());
         try
         {
             var forward = new VulkanForward(ctx, ToGpu(parameters.Config),
@@ -51,6 +54,8 @@ internal sealed class VulkanBackend : IInferenceBackend
 
     internal static GpuModelConfig ToGpu(PalmConfig c) => new(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
         c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
+
+    internal VulkanContext Context => _ctx;
 
     public BackendKind Kind => BackendKind.Vulkan;
     public string Description { get; }

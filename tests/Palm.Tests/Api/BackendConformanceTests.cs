@@ -15,6 +15,9 @@ public abstract class BackendConformance
 
     internal abstract IInferenceBackend Create();
 
+    /// <summary>Backend-specific checks after a test (Vulkan: no validation messages).</summary>
+    internal virtual void AssertClean(IInferenceBackend backend) { }
+
     [ConformanceFact]
     public void Mixed_position_batched_step_equals_the_reference()
     {
@@ -56,6 +59,7 @@ public abstract class BackendConformance
         var g = new float[f.Length];
         r.CopyTo(g);
         Assert.Equal(f, g);
+        AssertClean(backend);
     }
 
     [ConformanceFact]
@@ -78,6 +82,7 @@ public abstract class BackendConformance
         a.CopyTo(fa);
         s.CopyTo(fs);
         Numerics.AssertClose(fa, fs, Atol, Rtol, $"{Name} state after prefill vs steps");
+        AssertClean(backend);
     }
 
     private string Name => GetType().Name;
@@ -92,4 +97,6 @@ public sealed class CpuBackendConformanceTests : BackendConformance
 public sealed class VulkanBackendConformanceTests : BackendConformance
 {
     internal override IInferenceBackend Create() => VulkanBackend.Create(TinyModel.Shared.Parameters, VulkanFixture.Options("api"));
+
+    internal override void AssertClean(IInferenceBackend backend) => Validation.AssertClean(((VulkanBackend)backend).Context, GetType().Name);
 }

@@ -26,19 +26,19 @@ public sealed class ModelTests
     }
 
     [Fact]
-    public void Auto_picks_vulkan_when_a_device_exists_and_says_why_otherwise()
+    public void Auto_picks_a_hardware_vulkan_device_and_says_why_otherwise()
     {
         using var model = M.Load(Backend.Auto);
-        if (VulkanProbe.UnavailableReason is null)
-        {
-            Assert.Equal(Backend.Vulkan, model.Backend);
-            Assert.StartsWith("vulkan on ", model.BackendDescription);
-        }
-        else
+        if (VulkanProbe.UnavailableReason is not null)
         {
             Assert.Equal(Backend.Cpu, model.Backend);
             Assert.Contains("Vulkan unavailable", model.BackendDescription);
+            return;
         }
+        using var ctx = Palm.Gpu.Vulkan.VulkanContext.Create(new Palm.Gpu.Vulkan.VulkanOptions { PipelineCacheDir = VulkanProbe.TempDir("auto") });
+        bool software = ctx.Capabilities.DeviceType == "Cpu" && Environment.GetEnvironmentVariable("PALM_VK_DEVICE") is null or "";
+        Assert.Equal(software ? Backend.Cpu : Backend.Vulkan, model.Backend);
+        Assert.Contains(software ? "software (CPU) implementation" : "vulkan on ", model.BackendDescription);
     }
 
     [Fact]

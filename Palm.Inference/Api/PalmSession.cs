@@ -36,6 +36,7 @@ public sealed class PalmSession : IDisposable
     private SequenceState _state;
     private Rng _rng;
     private RecentTokens _recent;
+    private readonly HeldText _text;
     private int _pending = -1;
     private int _busy;
     private bool _disposed;
@@ -49,6 +50,7 @@ public sealed class PalmSession : IDisposable
         _state = model.BackendImpl.CreateState();
         _rng = new Rng(options.Seed ?? (ulong)Random.Shared.NextInt64());
         _recent = new RecentTokens(options.PenaltyWindow);
+        _text = new HeldText(model.Tokenizer);
     }
 
     /// <summary>The model this session runs on.</summary>
@@ -106,6 +108,8 @@ public sealed class PalmSession : IDisposable
             // A fresh session with no prompt starts from end-of-text, the document separator in training.
             if (ids.Length == 0) ids = [tok.EotId];
             promptTokens = ids.Length;
+            // Bytes of a character cut by the last call complete only if generation continues directly.
+            if (promptIds.Length > 0) _text.Reset();
             if (o.Seed is ulong seed) _rng = new Rng(seed);
 
             // With nothing to generate, the last prompt token waits (like a generated one) for the next call.
@@ -128,7 +132,6 @@ public sealed class PalmSession : IDisposable
 
             var settings = new SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP,
                 o.RepetitionPenalty, o.PresencePenalty, o.FrequencyPenalty, o.LogitBias);
-            var decoder = new StreamingDecoder(tok);
             var stops = new StopStringMatcher(o.StopStrings);
             bool hit = false;
             while (true)
@@ -145,7 +148,7 @@ public sealed class PalmSession : IDisposable
                 _recent.Add(next);
                 _pending = next;
                 if (next == tok.EotId) { reason = StopReason.EndOfText; break; }
-                (string emit, hit) = stops.Push(decoder.Append(next));
+                (string emit, hit) = stops.Push(_text.Append(next));
                 if (emit.Length > 0)
                 {
                     faulted = false;
@@ -160,11 +163,13 @@ public sealed class PalmSession : IDisposable
             }
             scheduler.ExitActive();
             active = false;
-            if (!hit)
+            if (hit) _text.Reset(); // bytes after the stop string are cut with it
+            else
             {
-                // Bytes of a character that never completed, and text held back for a stop string that never came.
-                (string tail, hit) = stops.Push(decoder.Flush());
-                if (hit) reason = StopReason.StopString;
+                // Text held back for a stop string that never came; at end of text, also the bytes of a
+                // character that can no longer complete (otherwise they wait for the next call).
+                (string tail, hit) = stops.Push(reason == StopReason.EndOfText ? _text.Flush() : "");
+                if (hit) { reason = StopReason.StopString; _text.Reset(); }
                 else tail += stops.Flush();
                 if (tail.Length > 0)
                 {
@@ -185,8 +190,8 @@ public sealed class PalmSession : IDisposable
     }
 
     /// <summary>
-    /// Serializes the session: recurrent state, position, sampler RNG, recent-token window and the carried
-    /// token. The bytes are versioned, checksummed and bound to this model (<see cref="PalmModel.Id"/>); their
+    /// Serializes the session: recurrent state, position, sampler RNG, recent-token window, the carried
+    /// token and the bytes of a character cut by the end of the last call. The bytes are versioned, checksummed and bound to this model (<see cref="PalmModel.Id"/>); their
     /// length depends only on the model and <see cref="SessionOptions.PenaltyWindow"/>, never on the conversation.
     /// </summary>
     /// <exception cref="InvalidOperationException">A generation is running on this session.</exception>
@@ -195,7 +200,7 @@ public sealed class PalmSession : IDisposable
         Enter();
         try
         {
-            return SessionStateFormat.Write(_model, _state, _rng, _pending, _recent);
+            return SessionStateFormat.Write(_model, _state, _rng, _pending, _recent, _text.Ids);
         }
         finally { Exit(); }
     }
@@ -213,6 +218,7 @@ public sealed class PalmSession : IDisposable
             _rng = s.Rng;
             _pending = s.Pending;
             _recent = s.Recent;
+            _text.Load(s.HeldIds);
         }
         finally { Exit(); }
     }
@@ -238,6 +244,7 @@ public sealed class PalmSession : IDisposable
             f._rng = new Rng(_rng.GetState());
             f._recent.CopyFrom(_recent);
             f._pending = _pending;
+            f._text.Load(_text.Ids);
             return f;
         }
         finally { Exit(); }
@@ -253,6 +260,7 @@ public sealed class PalmSession : IDisposable
             _state = _model.BackendImpl.CreateState();
             _recent.Clear();
             _pending = -1;
+            _text.Reset();
         }
         finally { Exit(); }
     }
@@ -269,11 +277,12 @@ public sealed class PalmSession : IDisposable
 
     private void Exit() => Volatile.Write(ref _busy, 0);
 
-    private (SequenceState State, ulong[] Rng, int[] Recent, int Pending) Snapshot() =>
-        (_state.Clone(), _rng.GetState(), _recent.ToArray(), _pending);
+    private (SequenceState State, ulong[] Rng, int[] Recent, int Pending, int[] Held) Snapshot() =>
+        (_state.Clone(), _rng.GetState(), _recent.ToArray(), _pending, [.. _text.Ids]);
 
-    private void Restore((SequenceState State, ulong[] Rng, int[] Recent, int Pending) s)
+    private void Restore((SequenceState State, ulong[] Rng, int[] Recent, int Pending, int[] Held) s)
     {
+        _text.Load(s.Held);
         _state = s.State;
         _rng = new Rng(s.Rng);
         _recent.Clear();

@@ -1,7 +1,7 @@
 // The saved form of a session (PalmSession.SaveState), little-endian, format version 1:
 //   "PALMSESS" | u32 version | 32-byte model id | i64 position | i32 n | n f32 AoD state
 //   | 4 u64 RNG | i32 carried token (-1 none) | i32 window capacity | i32 count | capacity i32 ids
-//   | SHA-256 of everything before it
+//   | i32 held count | 3 i32 held ids (HeldText) | SHA-256 of everything before it
 // The window is written at full capacity so the length never depends on the conversation.
 // Reading checks every field before touching the session: bad bytes give a typed error.
 using System.Buffers.Binary;
@@ -20,9 +20,9 @@ internal static class SessionStateFormat
     private const int HashBytes = 32;
 
     public static int Length(PalmConfig c, int window) =>
-        8 + 4 + HashBytes + 8 + 4 + SequenceState.FloatCount(c) * 4 + 32 + 4 + 4 + 4 + window * 4 + HashBytes;
+        8 + 4 + HashBytes + 8 + 4 + SequenceState.FloatCount(c) * 4 + 32 + 4 + 4 + 4 + window * 4 + 4 + HeldText.MaxIds * 4 + HashBytes;
 
-    public static byte[] Write(PalmModel model, SequenceState state, Rng rng, int pending, RecentTokens recent)
+    public static byte[] Write(PalmModel model, SequenceState state, Rng rng, int pending, RecentTokens recent, IReadOnlyList<int> held)
     {
         var buf = new byte[Length(model.Config, recent.Capacity)];
         var w = new Writer(buf);
@@ -41,11 +41,13 @@ internal static class SessionStateFormat
         var ids = new int[recent.Capacity];
         recent.ToArray().CopyTo(ids, 0);
         w.Bytes(MemoryMarshal.AsBytes(ids.AsSpan()));
+        w.I32(held.Count);
+        for (int i = 0; i < HeldText.MaxIds; i++) w.I32(i < held.Count ? held[i] : 0);
         SHA256.HashData(buf.AsSpan(0, w.Offset), buf.AsSpan(w.Offset, HashBytes));
         return buf;
     }
 
-    public readonly record struct Parsed(SequenceState State, Rng Rng, int Pending, RecentTokens Recent);
+    public readonly record struct Parsed(SequenceState State, Rng Rng, int Pending, RecentTokens Recent, int[] HeldIds);
 
     public static Parsed Read(PalmModel model, ReadOnlySpan<byte> b)
     {
@@ -77,7 +79,7 @@ internal static class SessionStateFormat
         if (pending < -1 || pending >= c.VocabSize) throw Corrupt($"carried token {pending} outside [-1, {c.VocabSize})");
         int cap = r.I32(), count = r.I32();
         if (cap < 0 || cap > SessionOptions.MaxPenaltyWindow || count < 0 || count > cap) throw Corrupt($"window count {count} / capacity {cap} out of range");
-        if (r.Remaining != cap * 4) throw Corrupt($"{r.Remaining} bytes where the window needs {cap * 4}");
+        if (r.Remaining != cap * 4 + 4 + HeldText.MaxIds * 4) throw Corrupt($"{r.Remaining} bytes where the window and held ids need {cap * 4 + 4 + HeldText.MaxIds * 4}");
         var ids = MemoryMarshal.Cast<byte, int>(r.Bytes(cap * 4));
         var recent = new RecentTokens(cap);
         for (int i = 0; i < count; i++)
@@ -85,10 +87,20 @@ internal static class SessionStateFormat
             if ((uint)ids[i] >= (uint)c.VocabSize) throw Corrupt($"window token {ids[i]} outside [0, {c.VocabSize})");
             recent.Add(ids[i]);
         }
+        int heldCount = r.I32();
+        if (heldCount is < 0 or > HeldText.MaxIds) throw Corrupt($"{heldCount} held ids, at most {HeldText.MaxIds}");
+        var held = new int[heldCount];
+        for (int i = 0; i < HeldText.MaxIds; i++)
+        {
+            int id = r.I32();
+            if (i >= heldCount) continue;
+            if ((uint)id >= (uint)c.VocabSize) throw Corrupt($"held token {id} outside [0, {c.VocabSize})");
+            held[i] = id;
+        }
         var state = model.BackendImpl.CreateState();
         state.CopyFrom(floats);
         state.Position = pos;
-        return new Parsed(state, new Rng(words), pending, recent);
+        return new Parsed(state, new Rng(words), pending, recent, held);
     }
 
     private ref struct Writer(Span<byte> buf)

@@ -17,7 +17,12 @@ public sealed class SessionTests
     internal static async Task<string> Collect(PalmSession s, string prompt, GenerationOptions o, CancellationToken ct = default)
     {
         var sb = new StringBuilder();
-        await foreach (var piece in s.GenerateAsync(prompt, o, ct)) sb.Append(piece);
+        await foreach (var piece in s.GenerateAsync(prompt, o, ct))
+        {
+            // Pieces hold whole characters: never an empty piece, never half a surrogate pair.
+            Assert.False(piece.Length == 0 || char.IsHighSurrogate(piece[^1]) || char.IsLowSurrogate(piece[0]), $"bad piece '{piece}'");
+            sb.Append(piece);
+        }
         return sb.ToString();
     }
 
@@ -157,6 +162,36 @@ public sealed class SessionTests
             if (++pieces == 3) cts.Cancel();
         Assert.Equal(StopReason.Cancelled, s.LastResult!.StopReason);
         Assert.InRange(s.LastResult.GeneratedTokens, 3, 4);
+    }
+
+    [Fact]
+    public async Task A_character_cut_between_calls_completes_in_the_next_call_even_after_restore()
+    {
+        using var model = M.Load();
+        const int C3 = 0xC3, A9 = 0xA9; // "é" is C3 A9 in UTF-8
+        Assert.Equal([(byte)C3], M.Tokenizer.TokenBytes(C3).ToArray());
+        GenerationOptions Force(int id) => new() { MaxTokens = 1, Temperature = 0, LogitBias = new Dictionary<int, float> { [id] = 1e4f } };
+        using var s = model.CreateSession();
+        Assert.Equal("", await Collect(s, "The", Force(C3)));
+        Assert.Equal(StopReason.MaxTokens, s.LastResult!.StopReason);
+        var saved = s.SaveState();
+        Assert.Equal("\u00e9", await Collect(s, "", Force(A9)));
+
+        using var r = model.CreateSession();
+        r.RestoreState(saved);
+        Assert.Equal("\u00e9", await Collect(r, "", Force(A9)));
+        using (var f = model.CreateSession())
+        {
+            f.RestoreState(saved);
+            using var fork = f.Fork();
+            Assert.Equal("\u00e9", await Collect(fork, "", Force(A9)));
+        }
+        // A prompt in between drops the held byte unseen; end of text releases it as U+FFFD.
+        r.RestoreState(saved);
+        Assert.Equal("A", await Collect(r, " x", Force('A')));
+        r.RestoreState(saved);
+        Assert.Equal("\ufffd", await Collect(r, "", Force(M.Tokenizer.EotId)));
+        Assert.Equal(StopReason.EndOfText, r.LastResult!.StopReason);
     }
 
     [Fact]

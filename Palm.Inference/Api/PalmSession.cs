@@ -6,7 +6,6 @@ using System.Runtime.CompilerServices;
 using Palm.Inference.Backends;
 using Palm.Inference.Model;
 using Palm.Inference.Sampling;
-using Palm.Inference.Tokenizer;
 
 namespace Palm.Inference;
 

@@ -89,6 +89,13 @@ public sealed class SessionTests
         var second = await Collect(two, "", o with { MaxTokens = 18, Seed = null });
         Assert.True(whole == first + second, $"split generation differs {M.Describe}:\n  one call:  {whole}\n  two calls: {first}|{second}");
         Assert.Equal(one.TokenCount, two.TokenCount);
+
+        // MaxTokens = 0 only feeds the prompt; generating afterwards continues exactly as one call would.
+        using var fed = model.CreateSession();
+        Assert.Equal("", await Collect(fed, "Then it wrote", o with { MaxTokens = 0 }));
+        Assert.Equal(0, fed.LastResult!.GeneratedTokens);
+        Assert.Equal(M.Tokenizer.Encode("Then it wrote").Length, fed.TokenCount);
+        Assert.Equal(whole, await Collect(fed, "", o));
     }
 
     [Fact]

@@ -1,0 +1,174 @@
+// Owns every call into a model's backend. Sessions submit work (a prefill chunk, or one token
+// to feed); one loop runs it, putting every pending step into ONE batched backend step
+// (B = sessions waiting), so concurrent sessions share the weight reads. The loop has its own
+// thread because it waits briefly for sessions to submit: a pool thread blocked on that wait
+// could starve the very continuations it waits for. Sessions sample on the thread pool.
+using System.Diagnostics;
+using Palm.Inference.Backends;
+
+namespace Palm.Inference;
+
+internal sealed class BatchScheduler : IDisposable
+{
+    private readonly IInferenceBackend _backend;
+    private readonly object _gate = new();
+    private readonly List<Work> _steps = [];
+    private readonly Queue<Work> _prefills = new();
+    private Thread? _thread;
+    private bool _disposed;
+    private int _active;
+    private int _withCaller;
+    private float[] _logits = [];
+    private int[] _tokens = [];
+
+    // A step waits for every decoding session that is in our hands (sampling, about to submit),
+    // but not for those whose caller holds a piece: a slow consumer must not stall the others.
+    // The window only bounds the wait when the thread pool is slow to run the samplers.
+    internal static readonly TimeSpan BatchWindow = TimeSpan.FromMilliseconds(20);
+
+    public BatchScheduler(IInferenceBackend backend) => _backend = backend;
+
+    /// <summary>Largest batch stepped so far (for tests and diagnostics).</summary>
+    public int MaxBatch { get; private set; }
+
+    /// <summary>Batched steps run so far.</summary>
+    public long StepCalls { get; private set; }
+
+    private sealed class Work(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits)
+    {
+        public readonly SequenceState State = state;
+        public readonly ReadOnlyMemory<int> Tokens = tokens;
+        public readonly float[] Logits = logits;
+        public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    /// <summary>A generation starts or ends: a step waits only for active sessions (minus those with their caller).</summary>
+    public void EnterActive() { lock (_gate) _active++; }
+
+    public void ExitActive()
+    {
+        lock (_gate)
+        {
+            _active--;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <summary>A decoding session hands a piece to its caller (<see cref="Resumed"/> when the caller asks for more).</summary>
+    public void Yielding()
+    {
+        lock (_gate)
+        {
+            _withCaller++;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    public void Resumed() { lock (_gate) _withCaller--; }
+
+    /// <summary>Feeds <paramref name="tokens"/> (T) to one sequence; its last logits (V) land in <paramref name="logits"/>.</summary>
+    public Task PrefillAsync(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits) => Submit(new Work(state, tokens, logits), prefill: true);
+
+    /// <summary>Feeds one token to one sequence as part of the next batched step; its logits (V) land in <paramref name="logits"/>.</summary>
+    public Task StepAsync(SequenceState state, int token, float[] logits) => Submit(new Work(state, new[] { token }, logits), prefill: false);
+
+    private Task Submit(Work w, bool prefill)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, typeof(PalmModel));
+            if (prefill) _prefills.Enqueue(w);
+            else _steps.Add(w);
+            Monitor.PulseAll(_gate);
+            if (_thread is null)
+            {
+                _thread = new Thread(Loop) { IsBackground = true, Name = "Palm scheduler" };
+                _thread.Start();
+            }
+        }
+        return w.Done.Task;
+    }
+
+    private void Loop()
+    {
+        while (true)
+        {
+            Work[] steps, prefills;
+            lock (_gate)
+            {
+                while (_steps.Count == 0 && _prefills.Count == 0 && !_disposed) Monitor.Wait(_gate);
+                if (_disposed) return;
+                var until = Stopwatch.GetTimestamp() + (long)(BatchWindow.TotalSeconds * Stopwatch.Frequency);
+                while (_steps.Count > 0 && _steps.Count < _active - _withCaller && _prefills.Count == 0 && !_disposed)
+                {
+                    long left = until - Stopwatch.GetTimestamp();
+                    if (left <= 0) break;
+                    Monitor.Wait(_gate, TimeSpan.FromSeconds((double)left / Stopwatch.Frequency));
+                }
+                steps = [.. _steps];
+                _steps.Clear();
+                prefills = [.. _prefills];
+                _prefills.Clear();
+            }
+            // Prompts first (one chunk each), so that sessions reach decoding together and batch.
+            foreach (var p in prefills) RunPrefill(p);
+            if (steps.Length > 0) RunSteps(steps);
+        }
+    }
+
+    private void RunSteps(Work[] steps)
+    {
+        int B = steps.Length, V = _backend.Config.VocabSize;
+        try
+        {
+            if (_logits.Length < B * V) _logits = new float[B * V];
+            if (_tokens.Length < B) _tokens = new int[B];
+            var states = new SequenceState[B];
+            for (int i = 0; i < B; i++) { states[i] = steps[i].State; _tokens[i] = steps[i].Tokens.Span[0]; }
+            _backend.Step(_tokens.AsSpan(0, B), states, _logits.AsSpan(0, B * V));
+            MaxBatch = Math.Max(MaxBatch, B);
+            StepCalls++;
+            for (int i = 0; i < B; i++) _logits.AsSpan(i * V, V).CopyTo(steps[i].Logits);
+        }
+        catch (Exception e)
+        {
+            foreach (var s in steps) s.Done.TrySetException(e);
+            return;
+        }
+        foreach (var s in steps) s.Done.TrySetResult();
+    }
+
+    private void RunPrefill(Work w)
+    {
+        try
+        {
+            _backend.Prefill(w.Tokens.Span, w.State, w.Logits);
+        }
+        catch (Exception e)
+        {
+            w.Done.TrySetException(e);
+            return;
+        }
+        w.Done.TrySetResult();
+    }
+
+    /// <summary>Fails queued work, waits for the running call to end, then frees the backend.</summary>
+    public void Dispose()
+    {
+        Thread? loop;
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            var err = new ObjectDisposedException(nameof(PalmModel));
+            foreach (var s in _steps) s.Done.TrySetException(err);
+            foreach (var p in _prefills) p.Done.TrySetException(err);
+            _steps.Clear();
+            _prefills.Clear();
+            Monitor.PulseAll(_gate);
+            loop = _thread;
+        }
+        if (loop is not null && loop != Thread.CurrentThread) loop.Join();
+        _backend.Dispose();
+    }
+}

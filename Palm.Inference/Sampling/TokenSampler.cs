@@ -1,0 +1,179 @@
+// The full sampling chain of a session, in llama.cpp's order: logit bias, penalties over the
+// recent-token window, then greedy (temperature 0) or temperature -> top-k -> top-p -> min-p ->
+// draw. Buffers are owned and reused, so a generated token allocates nothing here.
+using Palm.Inference.Model;
+
+namespace Palm.Inference.Sampling;
+
+/// <summary>The sampling settings of one generation call, already validated.</summary>
+internal readonly record struct SamplingSettings(
+    float Temperature, int TopK, float TopP, float MinP,
+    float RepetitionPenalty, float PresencePenalty, float FrequencyPenalty,
+    IReadOnlyDictionary<int, float>? LogitBias);
+
+internal sealed class TokenSampler(int vocabSize)
+{
+    private readonly float[] _work = new float[vocabSize];
+    private readonly float[] _keys = new float[vocabSize];
+    private readonly int[] _order = new int[vocabSize];
+    private readonly double[] _probs = new double[vocabSize];
+    private readonly int[] _counts = new int[vocabSize];
+
+    /// <summary>Picks the next token from <paramref name="logits"/> (V); draws from <paramref name="rng"/> unless greedy.</summary>
+    public int Sample(ReadOnlySpan<float> logits, in SamplingSettings s, RecentTokens recent, Rng rng)
+    {
+        int V = _work.Length;
+        if (logits.Length != V) throw new ArgumentException($"expected {V} logits, got {logits.Length}", nameof(logits));
+        var l = _work.AsSpan();
+        logits.CopyTo(l);
+        if (s.LogitBias is { } bias)
+            foreach (var (id, b) in bias)
+                if ((uint)id < (uint)V) l[id] += b;
+
+        bool penalize = s.RepetitionPenalty != 1f || s.PresencePenalty != 0f || s.FrequencyPenalty != 0f;
+        if (penalize && recent.Count > 0)
+        {
+            foreach (int id in recent) _counts[id]++;
+            foreach (int id in recent)
+            {
+                int c = _counts[id];
+                if (c == 0) continue; // already applied for this id
+                // CTRL-style repetition penalty: shrink positive logits, push negative ones further.
+                float x = l[id];
+                x = x > 0 ? x / s.RepetitionPenalty : x * s.RepetitionPenalty;
+                x -= s.PresencePenalty + s.FrequencyPenalty * c;
+                l[id] = x;
+                _counts[id] = 0;
+            }
+        }
+
+        if (s.Temperature <= 0) return Sampler.ArgMax(l);
+
+        // Sort descending by logit. Array.Sort is deterministic, so equal logits give equal draws.
+        for (int i = 0; i < V; i++) { _order[i] = i; _keys[i] = -l[i]; }
+        Array.Sort(_keys, _order);
+        int k = s.TopK > 0 ? Math.Min(s.TopK, V) : V;
+        double max = l[_order[0]], sum = 0;
+        for (int i = 0; i < k; i++) { _probs[i] = Math.Exp((l[_order[i]] - max) / s.Temperature); sum += _probs[i]; }
+        int keep = k;
+        if (s.TopP < 1f)
+        {
+            double cum = 0;
+            for (int i = 0; i < k; i++)
+            {
+                cum += _probs[i] / sum;
+                if (cum >= s.TopP) { keep = i + 1; break; }
+            }
+        }
+        if (s.MinP > 0f)
+        {
+            // min-p: drop tokens less likely than min_p times the most likely one (_probs[0] = 1).
+            int m = 1;
+            while (m < keep && _probs[m] >= s.MinP * _probs[0]) m++;
+            keep = m;
+        }
+        double total = 0;
+        for (int i = 0; i < keep; i++) total += _probs[i];
+        double r = rng.NextDouble() * total;
+        for (int i = 0; i < keep; i++) { r -= _probs[i]; if (r < 0) return _order[i]; }
+        return _order[keep - 1];
+    }
+}
+
+/// <summary>The last N token ids fed to or produced by a session: a fixed-size ring.</summary>
+internal sealed class RecentTokens : IEnumerable<int>
+{
+    private readonly int[] _ring;
+    private int _start;
+
+    public RecentTokens(int capacity)
+    {
+        if (capacity < 0) throw new ArgumentOutOfRangeException(nameof(capacity));
+        _ring = new int[capacity];
+    }
+
+    public int Capacity => _ring.Length;
+    public int Count { get; private set; }
+
+    public void Add(int id)
+    {
+        if (_ring.Length == 0) return;
+        if (Count < _ring.Length) { _ring[(_start + Count) % _ring.Length] = id; Count++; }
+        else { _ring[_start] = id; _start = (_start + 1) % _ring.Length; }
+    }
+
+    public void AddRange(ReadOnlySpan<int> ids) { foreach (int id in ids) Add(id); }
+
+    public void Clear() { _start = 0; Count = 0; }
+
+    public void CopyFrom(RecentTokens other)
+    {
+        Clear();
+        foreach (int id in other) Add(id);
+    }
+
+    public int[] ToArray()
+    {
+        var a = new int[Count];
+        for (int i = 0; i < Count; i++) a[i] = _ring[(_start + i) % _ring.Length];
+        return a;
+    }
+
+    public Enumerator GetEnumerator() => new(this);
+    IEnumerator<int> IEnumerable<int>.GetEnumerator() => GetEnumerator();
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+
+    /// <summary>Allocation-free enumeration, oldest first.</summary>
+    public struct Enumerator(RecentTokens r) : IEnumerator<int>
+    {
+        private int _i = -1;
+        public readonly int Current => r._ring[(r._start + _i) % r._ring.Length];
+        readonly object System.Collections.IEnumerator.Current => Current;
+        public bool MoveNext() => ++_i < r.Count;
+        public void Reset() => _i = -1;
+        public readonly void Dispose() { }
+    }
+}
+
+/// <summary>
+/// Holds back generated text that may be the start of a stop string, so a stop string is never
+/// shown, not even in part.
+/// </summary>
+internal sealed class StopStringMatcher(IReadOnlyList<string> stops)
+{
+    private readonly System.Text.StringBuilder _held = new();
+
+    /// <summary>Adds a piece; returns the text now safe to show and whether a stop string was hit
+    /// (then the text is everything before it).</summary>
+    public (string Emit, bool Hit) Push(string piece)
+    {
+        if (stops.Count == 0) return (piece, false);
+        _held.Append(piece);
+        var text = _held.ToString();
+        int hitAt = -1;
+        foreach (var s in stops)
+        {
+            int i = text.IndexOf(s, StringComparison.Ordinal);
+            if (i >= 0 && (hitAt < 0 || i < hitAt)) hitAt = i;
+        }
+        if (hitAt >= 0)
+        {
+            _held.Clear();
+            return (text[..hitAt], true);
+        }
+        int hold = 0;
+        foreach (var s in stops)
+            for (int n = Math.Min(s.Length - 1, text.Length); n > hold; n--)
+                if (text.AsSpan(text.Length - n).SequenceEqual(s.AsSpan(0, n))) { hold = n; break; }
+        _held.Clear().Append(text, text.Length - hold, hold);
+        return (text[..^hold], false);
+    }
+
+    /// <summary>The held text, released because generation ended without a stop string.</summary>
+    public string Flush()
+    {
+        var s = _held.ToString();
+        _held.Clear();
+        return s;
+    }
+}

@@ -1,0 +1,67 @@
+// The sampling chain on hand-made logits: each filter alone, the penalties, and the draw against
+// the softmax it samples from.
+using Palm.Inference.Model;
+using Palm.Inference.Sampling;
+
+namespace Palm.Tests.Api;
+
+public sealed class TokenSamplerTests
+{
+    private static SamplingSettings S(float temp = 1, int topK = 0, float topP = 1, float minP = 0, float rep = 1, float pres = 0, float freq = 0,
+        IReadOnlyDictionary<int, float>? bias = null) => new(temp, topK, topP, minP, rep, pres, freq, bias);
+
+    private static readonly float[] Logits = [1.0f, 3.0f, 2.5f, -1.0f, 0.0f, 2.9f];
+
+    [Fact]
+    public void Greedy_and_single_survivor_filters_pick_the_argmax()
+    {
+        var t = new TokenSampler(Logits.Length);
+        var rng = new Rng(TestSeed.Next());
+        var empty = new RecentTokens(8);
+        Assert.Equal(1, t.Sample(Logits, S(temp: 0), empty, rng));
+        for (int i = 0; i < 20; i++)
+        {
+            Assert.Equal(1, t.Sample(Logits, S(topK: 1), empty, rng));
+            Assert.Equal(1, t.Sample(Logits, S(topP: 1e-6f), empty, rng));
+            Assert.Equal(1, t.Sample(Logits, S(minP: 0.99f), empty, rng));
+            Assert.Contains(t.Sample(Logits, S(topK: 3), empty, rng), new[] { 1, 5, 2 });
+        }
+    }
+
+    [Fact]
+    public void Bias_and_penalties_move_the_choice()
+    {
+        var t = new TokenSampler(Logits.Length);
+        var rng = new Rng(1);
+        var recent = new RecentTokens(4);
+        Assert.Equal(3, t.Sample(Logits, S(temp: 0, bias: new Dictionary<int, float> { [3] = 10 }), recent, rng));
+        Assert.Equal(5, t.Sample(Logits, S(temp: 0, bias: new Dictionary<int, float> { [1] = float.NegativeInfinity }), recent, rng));
+        recent.AddRange([1, 1, 5]);
+        Assert.Equal(2, t.Sample(Logits, S(temp: 0, pres: 0.6f), recent, rng));          // 3-0.6, 2.9-0.6 < 2.5
+        Assert.Equal(5, t.Sample(Logits, S(temp: 0, freq: 0.2f), recent, rng));           // 3-0.4 < 2.9-0.2
+        Assert.Equal(2, t.Sample(Logits, S(temp: 0, rep: 1.5f), recent, rng));            // 3/1.5, 2.9/1.5 < 2.5
+        // The window forgets: after four more tokens, 1 and 5 are out of it.
+        recent.AddRange([0, 0, 4, 4]);
+        Assert.Equal(1, t.Sample(Logits, S(temp: 0, pres: 5), recent, rng));
+    }
+
+    [Fact]
+    public void Draws_follow_the_tempered_softmax()
+    {
+        ulong seed = TestSeed.Next();
+        var t = new TokenSampler(Logits.Length);
+        var rng = new Rng(seed);
+        var none = new RecentTokens(0);
+        const float temp = 1.5f;
+        const int draws = 30000;
+        var counts = new int[Logits.Length];
+        for (int i = 0; i < draws; i++) counts[t.Sample(Logits, S(temp: temp), none, rng)]++;
+        var p = Logits.Select(l => Math.Exp(l / temp)).ToArray();
+        double z = p.Sum();
+        for (int i = 0; i < p.Length; i++)
+        {
+            double expect = draws * p[i] / z, sd = Math.Sqrt(expect * (1 - p[i] / z));
+            Assert.True(Math.Abs(counts[i] - expect) <= 5 * sd + 1, $"token {i}: {counts[i]} draws, expected {expect:F0} +- {sd:F0} (seed {seed})");
+        }
+    }
+}

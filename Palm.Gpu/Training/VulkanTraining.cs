@@ -190,6 +190,18 @@ internal sealed class VulkanTraining : IDisposable
         return Loss(a, targets);
     }
 
+    /// <summary>
+    /// Forward and loss only (evaluation): the weights, gradients and optimizer state are left
+    /// as they are. Returns the mean cross-entropy over counted targets. One queue submission.
+    /// </summary>
+    public double ForwardLoss(ReadOnlySpan<int> tokens, ReadOnlySpan<int> targets, int B, int T)
+    {
+        var a = Prepare(tokens, targets, B, T);
+        RecordForward(a);
+        rec.Submit();
+        return Loss(a, targets);
+    }
+
     /// <summary>Clip and the optimizer step alone, on the gradients now on the device. Returns the norm before clipping.</summary>
     public double ApplyOptimizer(GpuStepHyper hyper)
     {

@@ -51,7 +51,7 @@ internal static class DemoCommand
         var parameters = new PalmParameters(config);
         parameters.InitTraining(new Rng(seed));
         Console.WriteLine($"model     tiny preset, {parameters.Count:N0} parameters: V={config.VocabSize} C={config.NEmbd} H={config.NHead} D={config.DQkv} r={config.DRank} L={config.NLayer} R={config.NRecur} {PalmConfig.ShareName(config.Share)} {PalmConfig.MixName(config.Mix)}");
-        var trainer = new CpuTrainer(parameters, data, opts);
+        using var trainer = new TrainingLoop(parameters, data, opts);
         Console.WriteLine($"training  {steps} steps of {opts.Batch}x{config.BlockSize} tokens on the CPU reference backend; initial val loss {trainer.Evaluate():F3} (uniform: {Math.Log(config.VocabSize):F3})");
         var progress = new ConsoleProgress(steps);
         for (int s = 0; s < steps; s++) progress.Report(trainer.TrainStep());

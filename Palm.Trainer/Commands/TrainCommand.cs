@@ -38,7 +38,7 @@ internal static class TrainCommand
         Console.WriteLine("config (resolved):");
         Console.WriteLine(ConfigLoader.ToJson(run.Config));
         var m = run.Model;
-        Console.WriteLine($"model     {run.Trainer.Parameters.Count:N0} parameters; backend cpu (reference); {run.Config.Batch}x{run.Config.GradAccum}x{m.BlockSize} tokens per step");
+        Console.WriteLine($"model     {run.Trainer.Parameters.Count:N0} parameters; backend {run.Trainer.BackendDescription}; {run.Config.Batch}x{run.Config.GradAccum}x{m.BlockSize} tokens per step");
         Console.WriteLine(resume ? $"resume    from step {run.Trainer.Step} of {run.Config.Steps} ({run.CheckpointPath})" : $"run       {Path.GetFullPath(outDir)}");
 
         using var cts = new CancellationTokenSource();

@@ -103,9 +103,9 @@ public sealed record TrainConfig
     /// <summary>Steps between checkpoints (one is also written at the end and on Ctrl-C); 0 = only then.</summary>
     [JsonPropertyName("checkpoint_interval")] public int CheckpointInterval { get; init; } = 100;
     [JsonPropertyName("seed")] public ulong Seed { get; init; } = 1337;
-    /// <summary><c>cpu</c> (reference backend) or <c>vulkan</c> (not implemented for training yet).</summary>
+    /// <summary><c>cpu</c> (reference backend) or <c>vulkan</c> (Palm.Gpu's VulkanTraining; the device from <see cref="Device"/>).</summary>
     [JsonPropertyName("backend")] public string Backend { get; init; } = "cpu";
-    /// <summary>Vulkan device index or name substring; ignored by the cpu backend.</summary>
+    /// <summary>Vulkan device index or name substring (as PALM_VK_DEVICE, which applies when this is empty); ignored by the cpu backend.</summary>
     [JsonPropertyName("device")] public string Device { get; init; } = "";
 
     /// <summary>Checks ranges and names; the message names the key.</summary>

@@ -28,10 +28,10 @@ public sealed class TrainingRun : IDisposable
     public TrainConfig Config { get; }
     public PalmConfig Model { get; }
     public string Dir { get; }
-    public CpuTrainer Trainer { get; }
+    public TrainingLoop Trainer { get; }
     public string CheckpointPath => Path.Combine(Dir, CheckpointFile);
 
-    private TrainingRun(TrainConfig config, PalmConfig model, string dir, TokenDataset data, BpeTokenizer tokenizer, CpuTrainer trainer, Action<string> say)
+    private TrainingRun(TrainConfig config, PalmConfig model, string dir, TokenDataset data, BpeTokenizer tokenizer, TrainingLoop trainer, Action<string> say)
     {
         Config = config; Model = model; Dir = dir; _data = data; _tokenizer = tokenizer; Trainer = trainer; _say = say;
     }
@@ -41,12 +41,10 @@ public sealed class TrainingRun : IDisposable
     /// <param name="dir">The run folder (created if missing).</param>
     /// <param name="resume">Continue from <c>dir/checkpoint.palm</c>.</param>
     /// <param name="say">Where progress messages (samples) go.</param>
-    /// <exception cref="UserError">Vulkan backend, missing or corrupt data, an existing run without --resume, or a resume that does not fit.</exception>
+    /// <exception cref="UserError">No usable Vulkan device for backend=vulkan, missing or corrupt data, an existing run without --resume, or a resume that does not fit.</exception>
     public static TrainingRun Open(TrainConfig config, string dir, bool resume, Action<string>? say = null)
     {
         say ??= _ => { };
-        if (config.Backend == "vulkan")
-            throw new UserError("config.backend: vulkan is not implemented for training yet (the Vulkan backward kernels are pending); use backend=cpu");
         string ckPath = Path.Combine(dir, CheckpointFile);
         if (!resume && File.Exists(ckPath))
             throw new UserError($"run folder '{dir}' already holds {CheckpointFile}; pass --resume to continue it, or choose another --out");
@@ -79,7 +77,9 @@ public sealed class TrainingRun : IDisposable
             parameters = new PalmParameters(model);
             parameters.InitTraining(new Rng(config.Seed));
         }
-        var trainer = new CpuTrainer(parameters, data, config, state);
+        TrainingLoop trainer;
+        try { trainer = new TrainingLoop(parameters, data, config, state); }
+        catch { data.Dispose(); throw; }
         var run = new TrainingRun(config, model, dir, data, tokenizer, trainer, say);
         Directory.CreateDirectory(dir);
         AtomicFile.WriteAllText(Path.Combine(dir, ConfigFile), ConfigLoader.ToJson(config) + "\n");
@@ -149,5 +149,9 @@ public sealed class TrainingRun : IDisposable
         AtomicFile.WriteAllText(path, kept.Count == 0 ? "" : string.Join("\n", kept) + "\n");
     }
 
-    public void Dispose() => _data.Dispose();
+    public void Dispose()
+    {
+        Trainer.Dispose();
+        _data.Dispose();
+    }
 }

@@ -90,7 +90,8 @@ public class ResumeTests
         Assert.Contains("already at step 2", Assert.Throws<UserError>(() => TrainingRun.Open(cfg, dir["run"], resume: true)).Message);
         var wider = cfg with { Steps = 4, Model = cfg.Model with { NEmbd = 32 } };
         Assert.Contains("model", Assert.Throws<UserError>(() => TrainingRun.Open(wider, dir["run"], resume: true)).Message);
-        Assert.Contains("vulkan is not implemented", Assert.Throws<UserError>(() => TrainingRun.Open(cfg with { Backend = "vulkan" }, dir["v"], resume: false)).Message);
+        // A device selector that matches nothing fails like a machine without Vulkan: a clear user error.
+        Assert.Contains("no usable Vulkan device", Assert.Throws<UserError>(() => TrainingRun.Open(cfg with { Backend = "vulkan", Device = "no-such-device-xyz" }, dir["v"], resume: false)).Message);
     }
 
     [Fact]

@@ -1,0 +1,112 @@
+// The Vulkan backend: Palm.Gpu's VulkanTraining holds the weights, gradients and optimizer
+// moments on the device and runs a whole step (forward, loss, backward, clip, Muon, AdamW) in
+// one queue submission. With grad_accum > 1 each micro-batch's gradients are read back, averaged
+// on the host in the CPU backend's order and written back before the optimizer submission.
+// Weights and moments come back to the host only for checkpoints, samples and the caller.
+using Palm.Gpu;
+using Palm.Gpu.Model;
+using Palm.Gpu.Training;
+using Palm.Gpu.Vulkan;
+using Palm.Inference.Model;
+using Palm.Trainer.Commands;
+using Palm.Trainer.Optim;
+
+namespace Palm.Trainer.Backends;
+
+internal sealed class VulkanBackend : ITrainingBackend
+{
+    private readonly VulkanContext _ctx;
+    private readonly VulkanTraining _gpu;
+    private readonly PalmParameters _host;   // refreshed from the device by ReadParameters
+
+    private VulkanBackend(VulkanContext ctx, VulkanTraining gpu, PalmParameters host)
+    {
+        _ctx = ctx; _gpu = gpu; _host = host;
+    }
+
+    /// <summary>Opens the device (<paramref name="device"/>: index or name substring; empty = PALM_VK_DEVICE or the best) and uploads <paramref name="parameters"/>.</summary>
+    /// <exception cref="UserError">No usable Vulkan device, or the selector matches none.</exception>
+    public static VulkanBackend Open(PalmParameters parameters, string device)
+    {
+        var options = VulkanOptions.FromEnvironment();
+        if (!string.IsNullOrWhiteSpace(device)) options = options with { Device = device };
+        VulkanContext ctx;
+        try { ctx = VulkanContext.Create(options); }
+        catch (GpuUnavailableException e)
+        {
+            throw new UserError($"config.backend: vulkan: no usable Vulkan device ({e.Message}); install a Vulkan driver (scripts/setup.sh installs lavapipe) or use backend=cpu");
+        }
+        try
+        {
+            var gpu = new VulkanTraining(ctx, ToGpu(parameters.Config), parameters.All.ToDictionary(t => t.Name, t => new GpuWeight(t.Rows, t.Cols, t.Data)));
+            return new VulkanBackend(ctx, gpu, parameters);
+        }
+        catch
+        {
+            ctx.Dispose();
+            throw;
+        }
+    }
+
+    internal static GpuModelConfig ToGpu(PalmConfig c) => new(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
+        c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
+
+    public string Description => $"vulkan ({_ctx.Capabilities.DeviceName}, {_ctx.Capabilities.DeviceType})";
+
+    public (double Loss, double GradNorm) Step(IReadOnlyList<MicroBatch> micro, int batch, int t, StepHyper hp, long adamStep)
+    {
+        var h = new GpuStepHyper(hp.MuonLr, hp.AdamLr, hp.WeightDecay, hp.MuonBeta, hp.AdamBeta1, hp.AdamBeta2, hp.AdamEps, hp.Clip, adamStep);
+        if (micro.Count == 1)
+        {
+            var r = _gpu.Step(micro[0].X, micro[0].Y, batch, t, h);
+            return (r.Loss, r.GradNorm);
+        }
+        // Same sums as CpuBackend: each micro-batch's gradient scaled by 1/accum, added in order.
+        float scale = 1f / micro.Count;
+        var sum = _host.All.ToDictionary(p => p.Name, p => new float[p.Length], StringComparer.Ordinal);
+        double loss = 0;
+        foreach (var mb in micro)
+        {
+            loss += _gpu.LossAndGradients(mb.X, mb.Y, batch, t);
+            foreach (var (name, acc) in sum)
+            {
+                var g = _gpu.Read(name, ParamSlot.Grad);
+                for (int i = 0; i < acc.Length; i++) acc[i] += scale * g[i];
+            }
+        }
+        foreach (var (name, acc) in sum) _gpu.Write(name, ParamSlot.Grad, acc);
+        double norm = _gpu.ApplyOptimizer(h);
+        return (loss / micro.Count, norm);
+    }
+
+    public double Loss(int[] x, int[] y, int batch, int t) => _gpu.ForwardLoss(x, y, batch, t);
+
+    public PalmParameters ReadParameters()
+    {
+        foreach (var p in _host.All) _gpu.Read(p.Name, ParamSlot.Value).CopyTo(p.Data, 0);
+        return _host;
+    }
+
+    public OptimizerState ReadMoments()
+    {
+        var s = new OptimizerState();
+        foreach (var p in _host.All)
+        {
+            s.M[p.Name] = _gpu.Read(p.Name, ParamSlot.M);
+            if (!_gpu.IsMuon(p.Name)) s.V[p.Name] = _gpu.Read(p.Name, ParamSlot.V);
+        }
+        return s;
+    }
+
+    public void WriteMoments(OptimizerState state)
+    {
+        foreach (var (name, m) in state.M) _gpu.Write(name, ParamSlot.M, m);
+        foreach (var (name, v) in state.V) _gpu.Write(name, ParamSlot.V, v);
+    }
+
+    public void Dispose()
+    {
+        _gpu.Dispose();
+        _ctx.Dispose();
+    }
+}

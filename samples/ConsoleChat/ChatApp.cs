@@ -39,10 +39,14 @@ internal sealed class GenerationCancel
 
 internal static class ChatApp
 {
-    public const string DefaultModel = "runs/demo/model.palm";
+    /// <summary>
+    /// The built-in model (models/palm-kjv.palm, trained on the KJV: docs/builtin/), copied beside
+    /// the program at build time so ConsoleChat runs on a fresh machine with no download.
+    /// </summary>
+    public static string DefaultModel => Path.Combine(AppContext.BaseDirectory, "models", "palm-kjv.palm");
 
     private const string Usage = """
-        usage: ConsoleChat [--model FILE.palm] [--backend auto|cpu|vulkan] [--prompt TEXT]
+        usage: ConsoleChat [--model FILE.palm (default: the built-in KJV model)] [--backend auto|cpu|vulkan] [--prompt TEXT]
                            [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
                            [--repeat-penalty X] [--presence-penalty X] [--frequency-penalty X]
                            [--stop TEXT]... [--seed N]

@@ -1,4 +1,6 @@
 // linear: y(M, N) = x(M, K) . W(N, K)^T, optionally with relu2 fused on the output (-D RELU2).
+// -D Q8 / -D Q4: W arrives quantized (the .palm layout, see Palm.Inference QuantizedTensor) and is
+// dequantized element by element while the tile is loaded; no float copy of W exists anywhere.
 // Both operands are K-contiguous (torch's linear layout), so every tile load below reads
 // consecutive k from consecutive invocations: coalesced on real GPUs.
 // Each workgroup owns a BM x BN block of y and walks K in BK steps through shared memory;
@@ -13,6 +15,35 @@ layout(constant_id = 3) const uint RM = 4;
 layout(constant_id = 4) const uint RN = 4;
 layout(local_size_x_id = 5) in;
 
+#if defined(Q8) || defined(Q4)
+layout(push_constant) uniform LinearQuantPush {
+    uint M;
+    uint N;
+    uint K;
+    uint G;     // elements per scale; divides K, so a group never straddles two rows
+} p;
+
+layout(std430, binding = 0) readonly buffer X { float x[]; };       // (M, K)
+// Bytes of the stored data, read as little-endian words (no 8-bit storage feature needed).
+layout(std430, binding = 1) readonly buffer W { uint wq[]; };       // (N, K) q8: 1 byte, q4: 1 nibble each
+layout(std430, binding = 2) readonly buffer S { uint scale_bits[]; };  // (N*K/G) q8: f32, q4: f16 pairs
+layout(std430, binding = 3) writeonly buffer Y { float y[]; };      // (M, N)
+
+// Element i of W (flat, row-major) as a float: level * scale of its group.
+float load_w(uint i) {
+#ifdef Q8
+    // Byte i sits at bits 8*(i%4) of word i/4; shift it to the top, then an arithmetic shift sign-extends.
+    int level = int(wq[i >> 2] << (24u - 8u * (i & 3u))) >> 24;
+    float s = uintBitsToFloat(scale_bits[i / p.G]);
+#else
+    // Element 2k is the low nibble of byte k: nibble i sits at bits 4*(i%8) of word i/8.
+    int level = int((wq[i >> 3] >> (4u * (i & 7u))) & 0xFu) - 8;
+    const uint g = i / p.G;
+    float s = unpackHalf2x16(scale_bits[g >> 1])[g & 1u];
+#endif
+    return float(level) * s;
+}
+#else
 layout(push_constant) uniform LinearPush {
     uint M;
     uint N;
@@ -22,6 +53,9 @@ layout(push_constant) uniform LinearPush {
 layout(std430, binding = 0) readonly buffer X { float x[]; };   // (M, K)
 layout(std430, binding = 1) readonly buffer W { float w[]; };   // (N, K)
 layout(std430, binding = 2) writeonly buffer Y { float y[]; };  // (M, N)
+
+float load_w(uint i) { return w[i]; }
+#endif
 
 // Stored k-major ([k][m]) so the inner product loop reads RM (RN) neighbours per k.
 // The +1 pad staggers the transposing store across banks.
@@ -50,7 +84,7 @@ void main() {
         for (uint i = tid; i < BN * BK; i += wg) {
             const uint r = i / BK, c = i % BK;
             const uint gn = n0 + r, gk = k0 + c;
-            ws[c * (BN + 1) + r] = (gn < p.N && gk < p.K) ? w[gn * p.K + gk] : 0.0;
+            ws[c * (BN + 1) + r] = (gn < p.N && gk < p.K) ? load_w(gn * p.K + gk) : 0.0;
         }
         barrier();
 

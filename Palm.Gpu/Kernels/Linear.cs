@@ -1,5 +1,7 @@
 // linear: y(M, N) = x(M, K) . W(N, K)^T, optionally relu2(y) (the QKV factorised linear puts
-// relu2 between its factors). GPU wrapper for shaders/linear.comp and its CPU reference.
+// relu2 between its factors). GPU wrapper for shaders/linear.comp (f32 weights, or q8/q4 weights
+// dequantized in the kernel) and its CPU references.
+using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Palm.Gpu.Vulkan;
 
@@ -14,6 +16,16 @@ internal static class Linear
         public uint M;
         public uint N;
         public uint K;
+    }
+
+    /// <summary>Twin of <c>LinearQuantPush</c> in shaders/linear.comp (-D Q8 / -D Q4).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct LinearQuantPush
+    {
+        public uint M;
+        public uint N;
+        public uint K;
+        public uint G;
     }
 
     /// <summary>Block BM x BN of y per workgroup, K in steps of BK, RM x RN outputs per invocation.</summary>
@@ -52,6 +64,21 @@ internal static class Linear
             Grid.CeilDiv(n, t.BN), Grid.CeilDiv(m, t.BM));
     }
 
+    /// <summary>Records y = x W^T with W quantized (relu2 fused when asked). x (M, K) f32, w (N, K), y (M, N) f32.</summary>
+    public static void RecordQuantized(CommandRecorder rec, VulkanContext ctx, GpuTensor x, GpuQuantizedMatrix w, bool relu2, GpuTensor y, Tile? tile = null)
+    {
+        var (m, k) = Matrix(x, nameof(x));
+        var (my, ny) = Matrix(y, nameof(y));
+        if (w.Cols != k || my != m || ny != w.Rows)
+            throw new ArgumentException($"linear shapes disagree: x {x}, w {w}, y {y}");
+        var t = tile ?? ChooseTile(m, ctx.Capabilities);
+        string shader = (w.Format == GpuQuantFormat.Q8 ? "linear_q8" : "linear_q4") + (relu2 ? "_relu2" : "");
+        var pipeline = ctx.Pipelines.Get(shader, 4, (uint)Marshal.SizeOf<LinearQuantPush>(), t.BM, t.BN, t.BK, t.RM, t.RN, t.Threads);
+        var push = new LinearQuantPush { M = (uint)m, N = (uint)w.Rows, K = (uint)k, G = (uint)w.GroupSize };
+        rec.Dispatch(pipeline, [Binding.In(x), Binding.In(w.Data), Binding.In(w.Scales), Binding.Out(y)], push,
+            Grid.CeilDiv(w.Rows, t.BN), Grid.CeilDiv(m, t.BM));
+    }
+
     static (int Rows, int Cols) Matrix(GpuTensor t, string name)
     {
         if (t.DType != GpuDType.F32 || t.Shape.Length != 2)
@@ -78,5 +105,38 @@ internal static class Linear
                 y[m * N + n] = acc;
             }
         }
+    }
+
+    /// <summary>
+    /// CPU reference of the quantized kernel: element i of W is level(i) * scale[i / groupSize], decoded
+    /// from the stored bytes (q8: int8, f32 scales; q4: nibble - 8, element 2k low, f16 scales), then
+    /// y[m, n] = sum_k x[m, k] * W[n, k], relu2 if asked.
+    /// </summary>
+    public static void QuantizedReference(ReadOnlySpan<float> x, GpuQuantFormat format, ReadOnlySpan<byte> data, ReadOnlySpan<byte> scales,
+        int groupSize, int M, int N, int K, bool relu2, Span<float> y)
+    {
+        for (var m = 0; m < M; m++)
+        {
+            for (var n = 0; n < N; n++)
+            {
+                var acc = 0f;
+                for (var k = 0; k < K; k++) acc += x[m * K + k] * DequantizedAt(format, data, scales, groupSize, n * K + k);
+                if (relu2)
+                {
+                    acc = MathF.Max(acc, 0f);
+                    acc *= acc;
+                }
+                y[m * N + n] = acc;
+            }
+        }
+    }
+
+    static float DequantizedAt(GpuQuantFormat format, ReadOnlySpan<byte> data, ReadOnlySpan<byte> scales, int groupSize, int i)
+    {
+        var g = i / groupSize;
+        if (format == GpuQuantFormat.Q8)
+            return (sbyte)data[i] * BinaryPrimitives.ReadSingleLittleEndian(scales[(4 * g)..]);
+        var level = ((data[i / 2] >> (4 * (i % 2))) & 0xF) - 8;
+        return level * (float)BinaryPrimitives.ReadHalfLittleEndian(scales[(2 * g)..]);
     }
 }

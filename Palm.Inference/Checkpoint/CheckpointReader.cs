@@ -7,6 +7,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using MessagePack;
 using Palm.Inference.Model;
+using Palm.Inference.Quantization;
 
 namespace Palm.Inference.Checkpoint;
 
@@ -262,8 +263,7 @@ internal static class CheckpointReader
         if (data is null) throw new PalmFormatException($"{ctx}: missing 'data'");
         if (!TensorDTypes.TryParse(dtypeName, out var dtype))
             throw new PalmFormatException($"{ctx}: unknown dtype '{Trim(dtypeName)}' (known: f32, f16, bf16, q8, q4)");
-        if (!dtype.IsSupported()) throw new PalmFormatException($"{ctx}: dtype {dtype.SpecName()} not supported by this version");
-        if (scales is not null || groupSize is not null)
+        if (!dtype.IsQuantized() && (scales is not null || groupSize is not null))
             throw new PalmFormatException($"{ctx}: 'scales' and 'group_size' are only allowed with quantized dtypes, not {dtype.SpecName()}");
 
         long elements = 1;
@@ -278,8 +278,30 @@ internal static class CheckpointReader
         var bytes = data.Value;
         if (bytes.Length != expected)
             throw new PalmFormatException($"{ctx}: data holds {bytes.Length} bytes but shape [{string.Join(", ", shape)}] with dtype {dtype.SpecName()} needs {expected}");
+        if (dtype.IsQuantized()) return ReadQuantized(ctx, name ?? "moment", shape, (int)elements, dtype, bytes, scales, groupSize);
         var values = Decode(bytes, (int)elements, dtype);
         return new CheckpointTensor(name ?? "moment", shape, values, dtype);
+    }
+
+    // q8/q4: kept as the stored bytes (QuantizedTensor), after the layout checks.
+    private static CheckpointTensor ReadQuantized(string ctx, string name, int[] shape, int elements, TensorDType dtype,
+        ReadOnlySequence<byte> data, ReadOnlySequence<byte>? scales, long? groupSize)
+    {
+        if (scales is null) throw new PalmFormatException($"{ctx}: missing 'scales' (required for {dtype.SpecName()})");
+        int lastDim = shape[^1];
+        int group = (int)(groupSize ?? (dtype == TensorDType.Q8 ? lastDim : TensorDTypes.DefaultQ4GroupSize));
+        if (lastDim % group != 0)
+            throw new PalmFormatException($"{ctx}: group_size {group} does not divide the last dimension {lastDim}");
+        long expectedScales = dtype.ScaleByteLength(elements, group);
+        if (scales.Value.Length != expectedScales)
+            throw new PalmFormatException($"{ctx}: scales holds {scales.Value.Length} bytes but {elements / group} groups of {group} with dtype {dtype.SpecName()} need {expectedScales}");
+        try
+        {
+            var q = QuantizedTensor.FromBytes(dtype, elements, group, data.ToArray(), scales.Value.ToArray());
+            return new CheckpointTensor(name, shape, q);
+        }
+        // Only the scale values are left to check; say which, without the ArgumentException wrapper.
+        catch (ArgumentException e) { throw new PalmFormatException($"{ctx}: {e.Message.Replace($" (Parameter '{e.ParamName}')", "")}"); }
     }
 
     private static float[] Decode(ReadOnlySequence<byte> bytes, int elements, TensorDType dtype)

@@ -5,6 +5,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using MessagePack;
 using Palm.Inference.Model;
+using Palm.Inference.Quantization;
 
 namespace Palm.Inference.Checkpoint;
 
@@ -29,6 +30,13 @@ internal static class CheckpointWriter
         w.WriteArrayHeader(c.Tensors.Count);
         foreach (var t in c.Tensors)
         {
+            if (t.Quantized is { } q)
+            {
+                w.WriteMapHeader(6);
+                w.Write("name"); w.Write(t.Name);
+                WriteQuantizedBody(ref w, t.Shape, q);
+                continue;
+            }
             w.WriteMapHeader(4);
             w.Write("name"); w.Write(t.Name);
             WriteTensorBody(ref w, t.Shape, t.Data, t.Storage);
@@ -109,6 +117,29 @@ internal static class CheckpointWriter
             case TensorDType.F16: WriteHalfBin(ref w, data, static f => BitConverter.HalfToUInt16Bits((Half)f)); break;
             case TensorDType.BF16: WriteHalfBin(ref w, data, FloatBits.ToBFloat16); break;
             default: throw new NotSupportedException($"dtype {dtype.SpecName()} not supported by this version");
+        }
+    }
+
+    // shape, dtype, data, scales and group_size (5 map entries): the stored bytes go out as they are.
+    private static void WriteQuantizedBody(ref MessagePackWriter w, IReadOnlyList<int> shape, QuantizedTensor q)
+    {
+        w.Write("shape");
+        w.WriteArrayHeader(shape.Count);
+        foreach (int d in shape) w.Write(d);
+        w.Write("dtype"); w.Write(q.DType.SpecName());
+        w.Write("data"); WriteRawBin(ref w, q.Data.Span);
+        w.Write("scales"); WriteRawBin(ref w, q.Scales.Span);
+        w.Write("group_size"); w.Write(q.GroupSize);
+    }
+
+    private static void WriteRawBin(ref MessagePackWriter w, ReadOnlySpan<byte> bytes)
+    {
+        w.WriteBinHeader(bytes.Length);
+        for (int start = 0; start < bytes.Length; start += 4 * ChunkElements)
+        {
+            int n = Math.Min(4 * ChunkElements, bytes.Length - start);
+            bytes.Slice(start, n).CopyTo(w.GetSpan(n));
+            w.Advance(n);
         }
     }
 

@@ -8,8 +8,8 @@ using Palm.Inference.Model;
 namespace Palm.Inference.Checkpoint;
 
 /// <summary>
-/// A Palm checkpoint (<c>.palm</c>): model config, optional tokenizer, named float tensors and
-/// optional training state.
+/// A Palm checkpoint (<c>.palm</c>): model config, optional tokenizer, named tensors (float or
+/// quantized) and optional training state.
 /// </summary>
 /// <remarks>
 /// <para><b>On-disk layout, format_version 1.</b> The file is exactly one MessagePack map with string
@@ -33,11 +33,13 @@ namespace Palm.Inference.Checkpoint;
 ///   name         str        unique, e.g. "blocks.0.qkv.w1"
 ///   shape        [int]      rank 1..8, each dim >= 1; (rows, cols) for parameters
 ///   dtype        str        "f32" | "f16" | "bf16" | "q8" | "q4"
-///   data         bin        f32: 4n bytes; f16, bf16: 2n; q8: n (int8); q4: ceil(n/2) (two 4-bit
-///                           values per byte, element 2k in the low nibble)
-///   scales       bin        q8/q4 only: one scale per group of group_size consecutive elements;
-///                           f32 (4 bytes) for q8, f16 (2 bytes) for q4; group_size divides the last dim
-///   group_size   int        q8/q4 only (q4 default 32; q8 per-row = last dim)
+///   data         bin        f32: 4n bytes; f16, bf16: 2n; q8: n (int8 q); q4: ceil(n/2) (4-bit q + 8,
+///                           two per byte, element 2k in the low nibble; a last odd nibble pads with 0)
+///   scales       bin        q8/q4 only, required: one scale per group of group_size consecutive
+///                           elements, f32 (4 bytes) for q8, f16 (2 bytes) for q4; finite, >= 0;
+///                           element i is q[i] * scales[i / group_size]
+///   group_size   int        q8/q4 only, optional (q8 default: the last dim, one scale per row;
+///                           q4 default 32); must divide the last dim. Written always.
 /// training       map   (optional)
 ///   step          int       >= 0, optimizer steps taken
 ///   rng           [uint64]  4 words of xoshiro256** state, not all zero
@@ -49,8 +51,8 @@ namespace Palm.Inference.Checkpoint;
 /// </code>
 /// <para>Parameter tensors (names from <see cref="PalmParameters"/>) must have the shape the config
 /// implies; other tensor names are allowed in a file but rejected by <see cref="ToParameters"/>.
-/// This version reads and writes f32, f16 and bf16 (converted to float32 in memory) and rejects q8
-/// and q4 with "dtype q4 not supported by this version". Files are limited to
+/// This version reads and writes every dtype: f32, f16 and bf16 become float32 in memory, q8 and q4
+/// stay quantized (<see cref="CheckpointTensor.Quantized"/>) until <see cref="ToParameters"/>. Files are limited to
 /// <see cref="MaxFileBytes"/> and each tensor's data to 2 GiB.</para>
 /// <para><b>Untrusted input.</b> <see cref="Load(Stream)"/> and its overloads throw only
 /// <see cref="PalmFormatException"/> for bad content (I/O errors stay I/O errors). Every declared
@@ -97,7 +99,8 @@ public sealed class PalmCheckpoint
     }
 
     /// <summary>
-    /// Copies the tensors into new <see cref="PalmParameters"/> for <see cref="Config"/>.
+    /// Copies the tensors into new <see cref="PalmParameters"/> for <see cref="Config"/>; q8/q4 tensors
+    /// are dequantized (the float32 parameters are what training and the CPU reference use).
     /// </summary>
     /// <exception cref="PalmFormatException">A parameter is missing or has the wrong shape, or a tensor
     /// name is not a parameter of this config; the message names the tensor.</exception>
@@ -118,7 +121,12 @@ public sealed class PalmCheckpoint
                 (Tensors.Count + missing.Count < ParameterLayout.ExpectedCount(Config) ? " and more" : ""));
         }
         var p = new PalmParameters(Config);
-        foreach (var t in Tensors) t.Data.CopyTo(p[t.Name].Data, 0);
+        foreach (var t in Tensors)
+        {
+            // Training and the CPU reference compute in float32: quantized weights are expanded here, once.
+            if (t.Quantized is { } q) q.Dequantize(p[t.Name].Data);
+            else t.Data.CopyTo(p[t.Name].Data, 0);
+        }
         return p;
     }
 
@@ -143,7 +151,7 @@ public sealed class PalmCheckpoint
             CheckBytes(t.Name, FormatLimits.MaxNameBytes, $"tensors[{i}] name");
             if (!byName.TryAdd(t.Name, t)) throw new PalmFormatException($"tensors[{i}]: duplicate tensor name '{name}'");
             if (t.Shape.Count > FormatLimits.MaxRank) throw new PalmFormatException($"tensor '{name}': rank {t.Shape.Count} exceeds {FormatLimits.MaxRank}");
-            if (t.Storage.DataByteLength(t.Data.Length) > int.MaxValue) throw new PalmFormatException($"tensor '{name}': data exceeds 2 GiB");
+            if (t.Storage.DataByteLength(t.Length) > int.MaxValue) throw new PalmFormatException($"tensor '{name}': data exceeds 2 GiB");
             if (ParameterLayout.TryGetShape(Config, t.Name, out int rows, out int cols) && !t.ShapeEquals([rows, cols]))
                 throw new PalmFormatException($"tensor '{name}': shape {t.ShapeText} does not match the config, which implies [{rows}, {cols}]");
         }
@@ -184,8 +192,8 @@ public sealed class PalmCheckpoint
                 {
                     CheckBytes(moment, FormatLimits.MaxKeyBytes, $"training.optimizer '{name}' moment name");
                     if (moment.Length == 0) throw new PalmFormatException($"training.optimizer '{name}': empty moment name");
-                    if (data is null || data.Length != t.Data.Length)
-                        throw new PalmFormatException($"training.optimizer '{name}'.{CheckpointReader.Trim(moment)}: holds {data?.Length ?? 0} values, the tensor has {t.Data.Length}");
+                    if (data is null || data.Length != t.Length)
+                        throw new PalmFormatException($"training.optimizer '{name}'.{CheckpointReader.Trim(moment)}: holds {data?.Length ?? 0} values, the tensor has {t.Length}");
                 }
             }
             foreach (var key in tr.Extra.Keys) CheckBytes(key, FormatLimits.MaxKeyBytes, "training.extra key");

@@ -2,7 +2,8 @@
 // quantized types from version 1 on, so that adding their codecs later needs no format change.
 namespace Palm.Inference.Checkpoint;
 
-/// <summary>How a tensor's elements are stored on disk. In memory every tensor is float32.</summary>
+/// <summary>How a tensor's elements are stored on disk. In memory, f32/f16/bf16 tensors are float32 and
+/// q8/q4 tensors stay quantized (<see cref="Quantization.QuantizedTensor"/>).</summary>
 public enum TensorDType
 {
     /// <summary><c>"f32"</c>: IEEE binary32, little-endian, 4 bytes per element.</summary>
@@ -12,13 +13,13 @@ public enum TensorDType
     /// <summary><c>"bf16"</c>: bfloat16 (upper half of a binary32), little-endian, 2 bytes per element.</summary>
     BF16,
     /// <summary>
-    /// <c>"q8"</c> (reserved, not yet readable): one signed byte per element; <c>scales</c> holds one
-    /// float32 (little-endian) per group of <c>group_size</c> consecutive elements.
+    /// <c>"q8"</c>: one signed byte per element; <c>scales</c> holds one float32 (little-endian) per
+    /// group of <c>group_size</c> consecutive elements (default: the whole last dimension, one per row).
     /// </summary>
     Q8,
     /// <summary>
-    /// <c>"q4"</c> (reserved, not yet readable): 4-bit values packed two per byte (element 2k in the low
-    /// nibble); <c>scales</c> holds one float16 (little-endian) per group of <c>group_size</c> (default 32).
+    /// <c>"q4"</c>: 4-bit values <c>q + 8</c> packed two per byte (element 2k in the low nibble);
+    /// <c>scales</c> holds one float16 (little-endian) per group of <c>group_size</c> (default 32).
     /// </summary>
     Q4,
 }
@@ -58,7 +59,7 @@ public static class TensorDTypes
     public static bool IsQuantized(this TensorDType t) => t is TensorDType.Q8 or TensorDType.Q4;
 
     /// <summary>True when this version of the library can read and write the type.</summary>
-    public static bool IsSupported(this TensorDType t) => t is TensorDType.F32 or TensorDType.F16 or TensorDType.BF16;
+    public static bool IsSupported(this TensorDType t) => t is >= TensorDType.F32 and <= TensorDType.Q4;
 
     /// <summary>
     /// Bytes of the <c>data</c> field for <paramref name="elements"/> elements:

@@ -35,6 +35,6 @@ internal static class ExportCommand
     {
         Config = ck.Config,
         Tokenizer = ck.Tokenizer,
-        Tensors = ck.Tensors.Select(t => new CheckpointTensor(t.Name, t.Shape, t.Data, storage)).ToList(),
+        Tensors = ck.Tensors.Select(t => new CheckpointTensor(t.Name, t.Shape, t.ToFloats(), storage)).ToList(),
     };
 }

@@ -15,6 +15,7 @@ internal static class TrainerCli
         root.Subcommands.Add(EvalCommand.Create());
         root.Subcommands.Add(SampleCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
+        root.Subcommands.Add(QuantizeCommand.Create());
         return root;
     }
 

@@ -217,15 +217,26 @@ public sealed class CheckpointCorruptionTests
         var tree = Tree();
         TensorAt(tree, 0)["dtype"] = "f64";
         Assert.Contains("tensors[0] 'embed.weight': unknown dtype 'f64' (known: f32, f16, bf16, q8, q4)", LoadFails(tree).Message);
-        foreach (var q in new[] { "q4", "q8" })
+        // embed.weight is (10, 2): 20 elements.
+        var cases = new (string Dtype, byte[] Data, byte[]? Scales, int? Group, string Message)[]
+        {
+            ("q8", new byte[20], null, null, "missing 'scales' (required for q8)"),
+            ("q8", new byte[20], new byte[4], 3, "group_size 3 does not divide the last dimension 2"),
+            ("q8", new byte[20], new byte[4], null, "scales holds 4 bytes but 10 groups of 2 with dtype q8 need 40"),
+            ("q4", new byte[10], new byte[20], null, "group_size 32 does not divide the last dimension 2"),
+            ("q4", new byte[11], new byte[20], 2, "data holds 11 bytes but shape [10, 2] with dtype q4 needs 10"),
+            ("q4", new byte[10], [.. new byte[18], 0x00, 0xFC], 2, "scales[9] is -Infinity; scales must be finite and >= 0"),
+            ("q8", new byte[20], [.. new byte[36], 0x00, 0x00, 0x80, 0xBF], 2, "scales[9] is -1; scales must be finite and >= 0"),
+        };
+        foreach (var (dtype, data, scales, group, message) in cases)
         {
             tree = Tree();
             var t = TensorAt(tree, 0);
-            t["dtype"] = q;
-            t["data"] = new byte[q == "q4" ? 10 : 20];
-            t.Add("scales", new byte[4]);
-            t.Add("group_size", 32);
-            Assert.Contains($"tensors[0] 'embed.weight': dtype {q} not supported by this version", LoadFails(tree).Message);
+            t["dtype"] = dtype;
+            t["data"] = data;
+            if (scales is not null) t.Add("scales", scales);
+            if (group is not null) t.Add("group_size", group.Value);
+            Assert.Contains($"tensors[0] 'embed.weight': {message}", LoadFails(tree).Message);
         }
         tree = Tree();
         TensorAt(tree, 0).Add("scales", new byte[4]);

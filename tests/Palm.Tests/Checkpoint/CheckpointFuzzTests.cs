@@ -32,7 +32,7 @@ public sealed class CheckpointFuzzTests(ITestOutputHelper output)
     {
         int master = Environment.GetEnvironmentVariable("PALM_FUZZ_SEED") is { Length: > 0 } s ? int.Parse(s) : DefaultSeed;
         output.WriteLine($"fuzz seed {master} (set PALM_FUZZ_SEED to change)");
-        var bases = new[] { ToBytes(Small()), ToBytes(SixteenBitVariant()) };
+        var bases = new[] { ToBytes(Small()), ToBytes(SixteenBitVariant()), ToBytes(QuantizedVariant()) };
         var scans = bases.Select(Scan).ToArray();
         int loaded = 0, rejected = 0;
         var kinds = new Dictionary<string, (int Loaded, int Rejected)>();
@@ -106,6 +106,22 @@ public sealed class CheckpointFuzzTests(ITestOutputHelper output)
         tensors.Add(new CheckpointTensor("extra.rank3", [2, 3, 4], extra, TensorDType.BF16));
         // Round through a save so the in-memory values equal what 16-bit storage can hold.
         return PalmCheckpoint.Load(ToBytes(new PalmCheckpoint { Config = c.Config, Tokenizer = c.Tokenizer, Tensors = tensors }));
+    }
+
+    // Every other tensor q8 or q4 (finite weights: quantization needs them), with and without
+    // explicit group sizes, so the mutations reach the scales and group_size checks.
+    private static PalmCheckpoint QuantizedVariant()
+    {
+        var c = Small();
+        var rnd = new Random(3);
+        var tensors = c.Tensors.Select((t, i) =>
+        {
+            if (i % 2 == 1) return t;
+            var w = Enumerable.Range(0, t.Length).Select(_ => (float)(rnd.NextDouble() * 2 - 1)).ToArray();
+            var dtype = i % 4 == 0 ? TensorDType.Q8 : TensorDType.Q4;
+            return new CheckpointTensor(t.Name, t.Shape, Palm.Inference.Quantization.QuantizedTensor.Quantize(w, dtype, t.Shape[^1]));
+        }).ToList();
+        return new PalmCheckpoint { Config = c.Config, Tokenizer = c.Tokenizer, Tensors = tensors, Training = c.Training };
     }
 
     // A flat list of every MessagePack token (headers and scalars) with its offset.

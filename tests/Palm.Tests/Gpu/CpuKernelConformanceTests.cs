@@ -1,4 +1,7 @@
 // The CPU reference twins (Palm.Gpu.Kernels.*.Reference) against naive float64 loops.
+using Palm.Gpu.Vulkan;
+using Palm.Inference.Checkpoint;
+using Palm.Inference.Quantization;
 using Xunit.Abstractions;
 using Kernels = Palm.Gpu.Kernels;
 
@@ -8,6 +11,15 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
 {
     protected override void Linear(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y) =>
         Kernels.Linear.Reference(x, w, M, N, K, relu2, y);
+
+    protected override void LinearQuantized(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2, float[] y) =>
+        Kernels.Linear.QuantizedReference(x, GpuFormat(w), w.Data.Span, w.Scales.Span, w.GroupSize, M, N, K, relu2, y);
+
+    internal static GpuQuantFormat GpuFormat(QuantizedTensor w) => w.DType == TensorDType.Q8 ? GpuQuantFormat.Q8 : GpuQuantFormat.Q4;
+
+    /// <summary>Float64 over the weights as Palm.Inference decodes them: the kernel's own byte decoding is checked against it.</summary>
+    protected override double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2) =>
+        LinearExpected(x, w.Dequantize(), M, N, K, relu2);
 
     protected override void RmsNorm(float[] x, int rows, int cols, float[] y) => Kernels.RmsNorm.Reference(x, rows, cols, y);
 

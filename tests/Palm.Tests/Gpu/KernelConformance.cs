@@ -3,6 +3,8 @@
 // against the CPU twins. Inputs are fresh random data each run (seed printed on failure, or
 // fixed with PALM_TEST_SEED), shapes are awkward, and outputs arrive poisoned with NaN so
 // that elements a kernel forgets to write fail.
+using Palm.Inference.Checkpoint;
+using Palm.Inference.Quantization;
 using Xunit.Abstractions;
 
 namespace Palm.Tests.Gpu;
@@ -22,6 +24,8 @@ public abstract class KernelConformance
 
     // Kernels under test. The output array arrives filled with NaN.
     protected abstract void Linear(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y);
+    /// <summary>y = x Wᵀ with W (N, K) quantized (q8 or q4), dequantized by the kernel.</summary>
+    protected abstract void LinearQuantized(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2, float[] y);
     protected abstract void RmsNorm(float[] x, int rows, int cols, float[] y);
     protected abstract void Embedding(int[] idx, float[] table, int V, int C, float[] y);
     /// <summary>qkv (B*T, 3D), cos/sin (T, hd/2); s, z (B, D) in/out (z null for sum mixing); y (B*T, D).</summary>
@@ -33,6 +37,7 @@ public abstract class KernelConformance
 
     // The oracle for this backend.
     protected abstract double[] LinearExpected(float[] x, float[] w, int M, int N, int K, bool relu2);
+    protected abstract double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2);
     protected abstract double[] RmsNormExpected(float[] x, int rows, int cols);
     protected abstract double[] EmbeddingExpected(int[] idx, float[] table, int V, int C);
     /// <summary>y (B*T, D) and the states after the tokens (unchanged inputs when !hasState).</summary>
@@ -59,6 +64,29 @@ public abstract class KernelConformance
         Linear(x, w, M, N, K, relu2, y);
         var expected = LinearExpected(x, w, M, N, K, relu2);
         Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol, $"linear M={M} N={N} K={K} relu2={relu2}", Seed, N);
+    }
+
+    [ConformanceTheory]
+    [InlineData("q8", 1, 1, 1, 1, false)]
+    [InlineData("q8", 1, 7, 13, 13, false)]      // decoding row, primes, per-row scales
+    [InlineData("q4", 1, 7, 13, 13, true)]       // odd K: nibbles of one row straddle two bytes
+    [InlineData("q4", 3, 5, 1, 1, false)]        // K = 1, a scale per element
+    [InlineData("q8", 1, 257, 64, 16, true)]     // N past one few-rows tile, 4 groups per row
+    [InlineData("q4", 1, 257, 64, 32, false)]
+    [InlineData("q8", 17, 31, 67, 67, true)]
+    [InlineData("q4", 64, 64, 16, 16, false)]    // exactly one large tile
+    [InlineData("q4", 65, 129, 33, 11, true)]    // past the tile in M and N, K not a multiple of BK
+    [InlineData("q8", 33, 97, 130, 10, false)]   // groups not aligned to BK
+    public void LinearQuantized_matches_reference(string dtype, int M, int N, int K, int group, bool relu2)
+    {
+        Assert.True(TensorDTypes.TryParse(dtype, out var storage));
+        var w = QuantizedTensor.Quantize(Uniform(N * K), storage, group);
+        var x = Uniform(M * K);
+        var y = Poisoned(M * N);
+        LinearQuantized(x, w, M, N, K, relu2, y);
+        var expected = LinearQuantizedExpected(x, w, M, N, K, relu2);
+        // Dequantized weights lie in [-1, 1] like the f32 case's: the same fp32 reduction tolerance.
+        Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol, $"linear {dtype} M={M} N={N} K={K} G={group} relu2={relu2}", Seed, N);
     }
 
     [ConformanceTheory]

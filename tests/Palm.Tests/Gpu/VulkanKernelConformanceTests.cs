@@ -1,6 +1,7 @@
 // The Vulkan shaders against the CPU reference twins, on whatever device the probe finds
 // (lavapipe in CI), with the validation layer on: any validation message fails the test.
 using Palm.Gpu.Vulkan;
+using Palm.Inference.Quantization;
 using Xunit.Abstractions;
 using Kernels = Palm.Gpu.Kernels;
 
@@ -38,6 +39,21 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         using var tw = Ctx.CreateTensor(w, GpuDType.F32, N, K);
         using var ty = Ctx.CreateTensor(GpuDType.F32, M, N);
         Run(y, ty, rec => Kernels.Linear.Record(rec, Ctx, tx, tw, relu2, ty));
+    }
+
+    protected override void LinearQuantized(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2, float[] y)
+    {
+        using var tx = Ctx.CreateTensor(x, GpuDType.F32, M, K);
+        using var tw = new GpuQuantizedMatrix(Ctx, CpuKernelConformanceTests.GpuFormat(w), N, K, w.GroupSize, w.Data.Span, w.Scales.Span);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, M, N);
+        Run(y, ty, rec => Kernels.Linear.RecordQuantized(rec, Ctx, tx, tw, relu2, ty));
+    }
+
+    protected override double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2)
+    {
+        var y = new float[M * N];
+        Kernels.Linear.QuantizedReference(x, CpuKernelConformanceTests.GpuFormat(w), w.Data.Span, w.Scales.Span, w.GroupSize, M, N, K, relu2, y);
+        return D2(y);
     }
 
     protected override void RmsNorm(float[] x, int rows, int cols, float[] y)

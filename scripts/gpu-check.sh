@@ -20,6 +20,8 @@ prepare)
   rm -f "$pub"/*.pdb "$pub"/*.xml
   mkdir -p "$pub/golden"
   cp ../shared/golden/*.msgpack "$pub/golden/"
+  # The PyTorch peer travels in the (ignored) publish folder: the device machine lacks ../shared.
+  cp ../shared/bench/torch_palm_bench.py "$pub/"
   if [[ -n "${PALM_GOLDEN_DIR:-}" ]]; then cp "$PALM_GOLDEN_DIR"/*.msgpack "$pub/golden/"; fi
   grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >> .git/info/exclude
   mkdir -p .gl /tmp/amd64/partial
@@ -41,6 +43,30 @@ run)
     echo "== conformance"; "$pub/Palm.Bench" gpu-check
     echo "== vulkan benchmark"; "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5
     echo "== per-kernel profile of one small forward"; PALM_VK_PROFILE=1 "$pub/Palm.Bench" gpu --sizes 256 --reps 1
+    echo "== vulkan training step"; "$pub/Palm.Bench" gpu-train --config tiny --reps 5; "$pub/Palm.Bench" gpu-train --config small --reps 5
+    echo "== PyTorch CUDA training step, same model (the peer's Palm and Muon on the GPU)"
+    PYTHONUNBUFFERED=1 PYTHONPATH="$pub" python3 - <<'PY'
+import time, torch, statistics
+import torch_palm_bench as tp
+torch.backends.cuda.matmul.allow_tf32 = False
+for name in ("tiny", "small"):
+    preset = tp.PRESETS[name]; c, batch = preset["config"], preset["batch"]
+    torch.manual_seed(0)
+    model = tp.Palm(c).cuda()
+    muon, adamw = tp.make_optimizers(model)
+    params = list(model.parameters())
+    data = torch.randint(c["vocab_size"], (batch, c["block_size"] + 1), device="cuda")
+    def step():
+        _, loss, _ = model(data[:, :-1], data[:, 1:])
+        muon.zero_grad(set_to_none=True); adamw.zero_grad(set_to_none=True)
+        loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); muon.step(); adamw.step()
+    for _ in range(3): step()
+    ts = []
+    for _ in range(10):
+        torch.cuda.synchronize(); t = time.perf_counter(); step(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
+    s = statistics.median(ts)
+    print(f"| pytorch-cuda train `{name}` {batch}x{c['block_size']} | {batch * c['block_size'] / s:.0f} tokens/s | {s * 1e3:.1f} ms |")
+PY
     echo "== cuBLAS through PyTorch, same shapes"
     PYTHONUNBUFFERED=1 python3 - <<'PY'
 import time, torch

@@ -71,6 +71,60 @@ public static class GpuBench
         Console.WriteLine($"| {m} x {n} x {k} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} |");
     }
 
+    /// <summary>Usage: <c>gpu-train [--config tiny] [--reps 3]</c>: whole training steps (forward, backward, clip, Muon, AdamW) in tokens/s, beside the CPU reference step.</summary>
+    public static int Train(string[] args)
+    {
+        string preset = "tiny"; int reps = 3;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--config" when i + 1 < args.Length: preset = args[++i]; break;
+                case "--reps" when i + 1 < args.Length: reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                default: Console.Error.WriteLine($"gpu-train bench: unknown argument '{args[i]}'. Usage: [--config tiny] [--reps 3]"); return 2;
+            }
+        }
+        VulkanContext ctx;
+        try { ctx = VulkanContext.Create(); }
+        catch (GpuUnavailableException e) { Console.WriteLine($"gpu-train bench: no Vulkan device ({e.Message}); skipped"); return 0; }
+        using (ctx)
+        {
+            var c = PalmConfig.Preset(preset);
+            var p = new PalmParameters(c);
+            p.InitTraining(new Rng(5));
+            var gc = new GpuModelConfig(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
+                c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
+            int B = 8, T = c.BlockSize;
+            var rng = new Rng(9);
+            var x = Enumerable.Range(0, B * T).Select(_ => rng.NextInt(c.VocabSize)).ToArray();
+            var y = Enumerable.Range(0, B * T).Select(_ => rng.NextInt(c.VocabSize)).ToArray();
+            using var vt = new Palm.Gpu.Training.VulkanTraining(ctx, gc, p.All.ToDictionary(t => t.Name, t => new GpuWeight(t.Rows, t.Cols, (float[])t.Data.Clone())));
+            long step = 0;
+            double Median(Action a)
+            {
+                a();
+                var ts = new List<double>();
+                for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); a(); ts.Add(sw.Elapsed.TotalSeconds); }
+                ts.Sort();
+                return ts[ts.Count / 2];
+            }
+            double gpu = Median(() => vt.Step(x, y, B, T, new Palm.Gpu.Training.GpuStepHyper(0.02, 0.006, 0, 0.95, 0.9, 0.95, 1e-8, 1.0, ++step)));
+            var cpu = new CpuReferenceModel(p);
+            var state = Palm.Trainer.Optim.OptimizerState.For(p);
+            long cstep = 0;
+            double cpuS = Median(() =>
+            {
+                var (_, g) = Palm.Trainer.Cpu.ReferenceBackward.LossAndGradients(cpu, x, y, B, T);
+                Palm.Trainer.Optim.ReferenceOptimizer.Step(p, g, state, new Palm.Trainer.Optim.StepHyper(), ++cstep);
+            });
+            Console.WriteLine($"| train step `{preset}` {B}x{T} | tokens/s | median ms |");
+            Console.WriteLine("|---|---|---|");
+            Console.WriteLine($"| vulkan ({ctx.Capabilities.DeviceName}) | {B * T / gpu:F0} | {gpu * 1000:F0} |");
+            Console.WriteLine($"| csharp-cpu-reference | {B * T / cpuS:F0} | {cpuS * 1000:F0} |");
+        }
+        return 0;
+    }
+
     private static void Forward(VulkanContext ctx, string preset, int reps)
     {
         var c = PalmConfig.Preset(preset);

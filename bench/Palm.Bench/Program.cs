@@ -10,6 +10,7 @@ return which switch
     "tokenizer" => TokenizerBench.Run(rest),
     "gpu" => GpuBench.Run(rest),
     "gpu-check" => GpuCheck.Run(rest),
+    "gpu-train" => GpuBench.Train(rest),
     _ => Usage(),
 };
 

@@ -10,7 +10,7 @@ using Palm.Inference.Model;
 
 namespace Palm.Trainer.FastCpu;
 
-internal sealed class FastCpuBackward
+internal sealed unsafe class FastCpuBackward
 {
     private readonly FastCpuModel _model;
     private Buffers? _buf;
@@ -161,6 +161,42 @@ internal sealed class FastCpuBackward
         LinearBackward(bp.Proj, bg.Proj, at.Y, rows, at.Proj, dO, relu2: false, dY, bf.DU, accumulateDx: false);
 
         var dQkv = bf.DQkv;
+        if (!FastAodKernels.Vectorised(hd)) AodScanBackwardScalar(c, at, tape, dY, dQkv);
+        else Parallel.For(0, batch * H, job =>
+        {
+            int b = job / H, hh = job % H, o = hh * hd;
+            // Reverse scan: carried gradients of S and Z are the sums of their direct gradients over all later tokens.
+            double* cS = stackalloc double[hd];
+            double* cZ = stackalloc double[hd];
+            float* dq = stackalloc float[hd];
+            float* dk = stackalloc float[hd];
+            for (int j = 0; j < hd; j++) cS[j] = cZ[j] = 0;
+            fixed (float* pq = at.Q, pS = at.S, pZ = at.Z, pdy = dY, pg = at.G, pqkv = at.QkvOut, pd = dQkv, pcos = tape.RopeCos, psin = tape.RopeSin,
+                   pqn = at.QNorm, pkn = at.KNorm, pqi = at.QInv, pki = at.KInv)
+            {
+                for (int ti = t - 1; ti >= 0; ti--)
+                {
+                    int row = b * t + ti;
+                    long i0 = (long)row * D + o;
+                    float* dst = pd + (long)row * 3 * D;
+                    FastAodKernels.ScanBackStep(pq + i0, pS + i0, mean ? pZ + i0 : null, pdy + i0, pg + i0, pqkv + (long)row * 3 * D + 2 * D + o,
+                        cS, cZ, dq, dst + 2 * D + o, dk, hd, mean);
+                    float* cs = pcos + ti * half, sn = psin + ti * half;
+                    FastAodKernels.RopeBackward(dq, cs, sn, hd);
+                    FastAodKernels.RopeBackward(dk, cs, sn, hd);
+                    FastAodKernels.RmsNormBackward(pqn + i0, pqi[row * H + hh], dq, hd, dst + o);
+                    FastAodKernels.RmsNormBackward(pkn + i0, pki[row * H + hh], dk, hd, dst + D + o);
+                }
+            }
+        });
+        LinearBackward(bp.Qkv, bg.Qkv, at.H, rows, at.Qkv, dQkv, relu2: true, bf.DH, bf.DU, accumulateDx: false);
+    }
+
+    // Head widths that are not a multiple of 16: the reference's arithmetic per (sequence, head).
+    private static void AodScanBackwardScalar(PalmConfig c, ApplicationTape at, ForwardTape tape, float[] dY, float[] dQkv)
+    {
+        int batch = tape.B, t = tape.T, D = c.DQkv, H = c.NHead, hd = c.HeadDim, half = hd / 2;
+        bool mean = c.Mix == AodMix.Mean;
         Parallel.For(0, batch * H, job =>
         {
             int b = job / H, hh = job % H, o = hh * hd;
@@ -206,7 +242,6 @@ internal sealed class FastCpuBackward
                 CpuOps.RmsNormRowsBackward(at.KNorm.AsSpan(i0, hd), at.KInv.AsSpan(row * H + hh, 1), dk, 1, hd, dst.Slice(D + o, hd), accumulate: false);
             }
         });
-        LinearBackward(bp.Qkv, bg.Qkv, at.H, rows, at.Qkv, dQkv, relu2: true, bf.DH, bf.DU, accumulateDx: false);
     }
 
     private static void EmbedBackward(PalmConfig c, PalmParameters p, PalmParameters grads, ForwardTape tape, Buffers bf)

@@ -10,7 +10,7 @@ using Palm.Inference.Model;
 
 namespace Palm.Inference.Cpu.Fast;
 
-internal sealed class FastCpuModel
+internal sealed unsafe class FastCpuModel
 {
     private Workspace? _ws;
 
@@ -215,6 +215,45 @@ internal sealed class FastCpuModel
     /// reference) and the relu(q)-weighted mix, all for one head's hd channels per token.
     /// </summary>
     private void Aod(ApplicationTape at, int batch, int t, float[] cos, float[] sin, AodStateSet? state, int app)
+    {
+        var c = Config;
+        int D = c.DQkv, H = c.NHead, hd = c.HeadDim, half = hd / 2;
+        bool mean = c.Mix == AodMix.Mean;
+        var qkv = at.QkvOut;
+        if (!FastAodKernels.Vectorised(hd)) { AodScalar(at, batch, t, cos, sin, state, app); return; }
+        Parallel.For(0, batch * H, job =>
+        {
+            int b = job / H, hh = job % H, o = hh * hd;
+            double* sRun = stackalloc double[hd];
+            double* zRun = stackalloc double[hd];
+            float* kr = stackalloc float[hd];
+            for (int j = 0; j < hd; j++) { sRun[j] = state is null ? 0 : state.S[app][b * D + o + j]; zRun[j] = mean && state is not null ? state.Z![app][b * D + o + j] : 0; }
+            fixed (float* pqkv = qkv, pcos = cos, psin = sin, pqn = at.QNorm, pkn = at.KNorm, pq = at.Q, pg = at.G, pS = at.S, pZ = at.Z, pY = at.Y, pqi = at.QInv, pki = at.KInv)
+            {
+                for (int ti = 0; ti < t; ti++)
+                {
+                    int row = b * t + ti;
+                    float* src = pqkv + (long)row * 3 * D;
+                    float* cs = pcos + ti * half, sn = psin + ti * half;
+                    long i0 = (long)row * D + o;
+                    pqi[row * H + hh] = FastAodKernels.RmsNorm(src + o, hd, pqn + i0);
+                    pki[row * H + hh] = FastAodKernels.RmsNorm(src + D + o, hd, pkn + i0);
+                    FastAodKernels.Rope(pqn + i0, cs, sn, hd, pq + i0);
+                    FastAodKernels.Rope(pkn + i0, cs, sn, hd, kr);
+                    System.Numerics.Tensors.TensorPrimitives.Sigmoid(new ReadOnlySpan<float>(kr, hd), new Span<float>(pg + i0, hd));
+                    FastAodKernels.ScanStep(pg + i0, src + 2 * D + o, pq + i0, sRun, zRun, pS + i0, mean ? pZ + i0 : null, pY + i0, hd, mean);
+                }
+            }
+            if (state is not null)
+            {
+                for (int j = 0; j < hd; j++) state.S[app][b * D + o + j] = (float)sRun[j];
+                if (mean) for (int j = 0; j < hd; j++) state.Z![app][b * D + o + j] = (float)zRun[j];
+            }
+        });
+    }
+
+    // Head widths that are not a multiple of 16: the reference's loops, per (sequence, head).
+    private void AodScalar(ApplicationTape at, int batch, int t, float[] cos, float[] sin, AodStateSet? state, int app)
     {
         var c = Config;
         int D = c.DQkv, H = c.NHead, hd = c.HeadDim, half = hd / 2;

@@ -69,7 +69,7 @@ internal sealed unsafe class FastCpuBackward
             {
                 int F = c.DFfn;
                 LinearBackward(bp.Down!, bg.Down!, at.Gated!, rows, at.Down!, bf.DX, relu2: false, bf.DGated, bf.DU, accumulateDx: false);
-                FastCpuModel.ParallelRows(rows, 8, (r0, r1) => CpuOps.SwiGluBackward(at.M.AsSpan(r0 * 2 * F, (r1 - r0) * 2 * F), bf.DGated.AsSpan(r0 * F, (r1 - r0) * F), r1 - r0, F, bf.DM.AsSpan(r0 * 2 * F, (r1 - r0) * 2 * F)));
+                SwiGluBackward(at.M!, bf.DGated, rows, F, bf.DM);
                 LinearBackward(bp.Up, bg.Up!, at.H, rows, at.Up!, bf.DM, relu2: false, bf.DH, bf.DU, accumulateDx: true);
             }
             RmsNormBackward(at.H, at.HInv, bf.DH, rows, C, bf.DX, accumulate: true);
@@ -147,8 +147,22 @@ internal sealed unsafe class FastCpuBackward
     }
 
     private static void RmsNormBackward(float[] y, float[] inv, float[] dy, int rows, int n, float[] dx, bool accumulate) =>
-        FastCpuModel.ParallelRows(rows, 32, (r0, r1) => CpuOps.RmsNormRowsBackward(
-            y.AsSpan(r0 * n, (r1 - r0) * n), inv.AsSpan(r0, r1 - r0), dy.AsSpan(r0 * n, (r1 - r0) * n), r1 - r0, n, dx.AsSpan(r0 * n, (r1 - r0) * n), accumulate));
+        FastCpuModel.ParallelRows(rows, 32, (r0, r1) =>
+        {
+            fixed (float* py = y, pdy = dy, pdx = dx)
+                for (int i = r0; i < r1; i++)
+                    FastAodKernels.RmsNormBackward(py + (long)i * n, inv[i], pdy + (long)i * n, n, pdx + (long)i * n, accumulate);
+        });
+
+    /// <summary>d[a | b] (rows, 2n) from dout (rows, n), vectorised (the readable form is CpuOps.SwiGluBackward).</summary>
+    private static void SwiGluBackward(float[] ab, float[] dout, int rows, int n, float[] dab) =>
+        FastCpuModel.ParallelRows(rows, 16, (r0, r1) =>
+        {
+            var sig = new float[n];
+            fixed (float* pab = ab, pd = dout, pdab = dab, ps = sig)
+                for (int i = r0; i < r1; i++)
+                    FastAodKernels.SwiGluBackward(pab + (long)i * 2 * n, pd + (long)i * n, n, pdab + (long)i * 2 * n, ps);
+        });
 
     /// <summary>Backward of one AoD branch given d(branch output) <paramref name="dOut"/> (rows, C); writes dH (rows, C) into the buffers.</summary>
     private static void AodBackward(PalmConfig c, BlockParams bp, BlockParams bg, ApplicationTape at, ForwardTape tape, float[] dOut, Buffers bf)
@@ -156,7 +170,7 @@ internal sealed unsafe class FastCpuBackward
         int batch = tape.B, t = tape.T, rows = batch * t, C = c.NEmbd, D = c.DQkv, H = c.NHead, hd = c.HeadDim, half = hd / 2;
         bool mean = c.Mix == AodMix.Mean;
         var dO = bf.DO;
-        FastCpuModel.ParallelRows(rows, 32, (r0, r1) => CpuOps.SwiGluBackward(at.O.AsSpan(r0 * 2 * C, (r1 - r0) * 2 * C), dOut.AsSpan(r0 * C, (r1 - r0) * C), r1 - r0, C, dO.AsSpan(r0 * 2 * C, (r1 - r0) * 2 * C)));
+        SwiGluBackward(at.O, dOut, rows, C, dO);
         var dY = bf.DY;
         LinearBackward(bp.Proj, bg.Proj, at.Y, rows, at.Proj, dO, relu2: false, dY, bf.DU, accumulateDx: false);
 

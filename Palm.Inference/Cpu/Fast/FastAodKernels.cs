@@ -99,9 +99,9 @@ internal static unsafe class FastAodKernels
         }
     }
 
-    /// <summary>dx (n) (+)= s·(dy − y·mean(dy·y)): rmsnorm backward of one head.</summary>
+    /// <summary>dx (n) = s·(dy − y·mean(dy·y)), or += with <paramref name="accumulate"/>: rmsnorm backward of one row or head.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void RmsNormBackward(float* y, float s, float* dy, int n, float* dx)
+    public static void RmsNormBackward(float* y, float s, float* dy, int n, float* dx, bool accumulate = false)
     {
         int j = 0;
         if (n % 8 == 0 && Vector256.IsHardwareAccelerated)
@@ -110,13 +110,43 @@ internal static unsafe class FastAodKernels
             for (; j < n; j += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(dy + j), Vector256.Load(y + j), acc);
             float mean = Vector256.Sum(acc) / n;
             var mv = Vector256.Create(mean); var sv = Vector256.Create(s);
-            for (j = 0; j < n; j += 8) Vector256.Store(sv * (Vector256.Load(dy + j) - Vector256.Load(y + j) * mv), dx + j);
+            if (accumulate)
+                for (j = 0; j < n; j += 8) Vector256.Store(Vector256.Load(dx + j) + sv * (Vector256.Load(dy + j) - Vector256.Load(y + j) * mv), dx + j);
+            else
+                for (j = 0; j < n; j += 8) Vector256.Store(sv * (Vector256.Load(dy + j) - Vector256.Load(y + j) * mv), dx + j);
             return;
         }
         float dot = 0;
         for (j = 0; j < n; j++) dot += dy[j] * y[j];
         float m = dot / n;
-        for (j = 0; j < n; j++) dx[j] = s * (dy[j] - y[j] * m);
+        for (j = 0; j < n; j++) { float g = s * (dy[j] - y[j] * m); dx[j] = accumulate ? dx[j] + g : g; }
+    }
+
+    /// <summary>
+    /// SwiGLU backward of one row: ab = [a (n) | b (n)], d (n) → dab = [d·silu(b) | d·a·silu'(b)] with
+    /// silu'(b) = σ(b)·(1 + b·(1 − σ(b))). <paramref name="sig"/> is scratch of n floats.
+    /// </summary>
+    public static void SwiGluBackward(float* ab, float* d, int n, float* dab, float* sig)
+    {
+        System.Numerics.Tensors.TensorPrimitives.Sigmoid(new ReadOnlySpan<float>(ab + n, n), new Span<float>(sig, n));
+        int j = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var one = Vector256.Create(1f);
+            for (; j + 8 <= n; j += 8)
+            {
+                var a = Vector256.Load(ab + j); var b = Vector256.Load(ab + n + j);
+                var s = Vector256.Load(sig + j); var dv = Vector256.Load(d + j);
+                Vector256.Store(dv * (b * s), dab + j);
+                Vector256.Store(dv * a * (s * (one + b * (one - s))), dab + n + j);
+            }
+        }
+        for (; j < n; j++)
+        {
+            float a = ab[j], b = ab[n + j], s = sig[j];
+            dab[j] = d[j] * (b * s);
+            dab[n + j] = d[j] * a * (s * (1 + b * (1 - s)));
+        }
     }
 
     /// <summary>

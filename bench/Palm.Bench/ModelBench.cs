@@ -52,15 +52,16 @@ public static class ModelBench
         var state = OptimizerState.For(p);
         long step = 0;
         var fastState = OptimizerState.For(p);
+        var fastOpt = new FastOptimizer(p);
         long fastStep = 0;
         rows.Add(Time("csharp-cpu-fast", "train", tokens, warmup, reps, () =>
         {
             fastTrain.LossAndGradients(x, y, batch, t);
-            ReferenceOptimizer.Step(p, fastTrain.Grads, fastState, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(fastStep) }, ++fastStep);
+            fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(fastStep) }, ++fastStep);
         }));
         // Where a fast step's time goes: forward+backward, and the optimizer alone.
         var fb = Time("csharp-cpu-fast", "fwd+bwd", tokens, 1, reps, () => fastTrain.LossAndGradients(x, y, batch, t));
-        var opt = Time("csharp-cpu-fast", "optim", tokens, 1, reps, () => ReferenceOptimizer.Step(p, fastTrain.Grads, fastState, new StepHyper(), ++fastStep));
+        var opt = Time("csharp-cpu-fast", "optim", tokens, 1, reps, () => fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper(), ++fastStep));
         Console.WriteLine($"  fast train step split: forward+backward {fb.MedianMs:F1} ms, optimizer {opt.MedianMs:F1} ms");
         rows.Add(Time("csharp-cpu-reference", "train", tokens, warmup, Math.Min(reps, 3), () =>
         {

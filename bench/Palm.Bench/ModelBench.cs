@@ -5,8 +5,10 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Palm.Inference.Cpu;
+using Palm.Inference.Cpu.Fast;
 using Palm.Inference.Model;
 using Palm.Trainer.Cpu;
+using Palm.Trainer.FastCpu;
 using Palm.Trainer.Optim;
 
 namespace Palm.Bench;
@@ -39,14 +41,29 @@ public static class ModelBench
         var model = new CpuReferenceModel(p);
         var x = Enumerable.Range(0, batch * t).Select(_ => rng.NextInt(V)).ToArray();
         var y = Enumerable.Range(0, batch * t).Select(_ => rng.NextInt(V)).ToArray();
-        Console.WriteLine($"Palm.Bench model: preset {preset} ({p.Count:N0} params), batch {batch} x {t}, {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSArchitecture}, .NET {Environment.Version}");
+        Console.WriteLine($"Palm.Bench model: preset {preset} ({p.Count:N0} params), batch {batch} x {t}, {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSArchitecture}, .NET {Environment.Version}, GEMM kernel {Gemm.Best}, load {GemmBench.LoadAverage()}");
 
         var rows = new List<Row>();
         int tokens = batch * t;
+        var fastModel = new FastCpuModel(p);
+        var fastTrain = new FastCpuBackward(p);
+        rows.Add(Time("csharp-cpu-fast", "forward", tokens, warmup, reps, () => CpuOps.CrossEntropy(fastModel.Forward(x, batch, t).AsSpan(0, tokens * V), y, V)));
         rows.Add(Time("csharp-cpu-reference", "forward", tokens, warmup, reps, () => CpuOps.CrossEntropy(model.Forward(x, batch, t), y, V)));
         var state = OptimizerState.For(p);
         long step = 0;
-        rows.Add(Time("csharp-cpu-reference", "train", tokens, warmup, reps, () =>
+        var fastState = OptimizerState.For(p);
+        var fastOpt = new FastOptimizer(p);
+        long fastStep = 0;
+        rows.Add(Time("csharp-cpu-fast", "train", tokens, warmup, reps, () =>
+        {
+            fastTrain.LossAndGradients(x, y, batch, t);
+            fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(fastStep) }, ++fastStep);
+        }));
+        // Where a fast step's time goes: forward+backward, and the optimizer alone.
+        var fb = Time("csharp-cpu-fast", "fwd+bwd", tokens, 1, reps, () => fastTrain.LossAndGradients(x, y, batch, t));
+        var opt = Time("csharp-cpu-fast", "optim", tokens, 1, reps, () => fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper(), ++fastStep));
+        Console.WriteLine($"  fast train step split: forward+backward {fb.MedianMs:F1} ms, optimizer {opt.MedianMs:F1} ms");
+        rows.Add(Time("csharp-cpu-reference", "train", tokens, warmup, Math.Min(reps, 3), () =>
         {
             var (_, g) = ReferenceBackward.LossAndGradients(model, x, y, batch, t);
             ReferenceOptimizer.Step(p, g, state, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(step) }, ++step);
@@ -57,20 +74,24 @@ public static class ModelBench
         const int Prompt = 32, NewTokens = 256, PrefillLen = 256;
         var prompt = Enumerable.Range(0, Prompt).Select(_ => rng.NextInt(V)).ToArray();
         var fast = new FastCpuDecoder(p);
-        int Generate(Action<int[], AodStateSet, float[]> step)
+        int Generate(Action<int[], AodStateSet, float[]> step, bool fastPrefill)
         {
             var st = new AodStateSet(config, 1);
-            var logits = model.Forward(prompt, 1, Prompt, st).AsSpan((Prompt - 1) * V, V).ToArray();
+            var logits = fastPrefill
+                ? fastModel.Forward(prompt, 1, Prompt, st, lastOnly: true).AsSpan(0, V).ToArray()
+                : model.Forward(prompt, 1, Prompt, st).AsSpan((Prompt - 1) * V, V).ToArray();
             int tok = Palm.Inference.Sampling.Sampler.ArgMax(logits);
             var one = new int[1];
             for (int i = 1; i < NewTokens; i++) { one[0] = tok; step(one, st, logits); tok = Palm.Inference.Sampling.Sampler.ArgMax(logits); }
             return tok;
         }
-        rows.Add(Time("csharp-cpu-fast", "decode", NewTokens, 1, reps, () => Generate((t, s, l) => fast.Step(t, s, l))));
-        rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l))));
+        rows.Add(Time("csharp-cpu-fast", "decode", NewTokens, 1, reps, () => Generate((t, s, l) => fast.Step(t, s, l), true)));
+        rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l), false)));
         var longPrompt = Enumerable.Range(0, PrefillLen).Select(_ => rng.NextInt(V)).ToArray();
+        rows.Add(Time("csharp-cpu-fast", "prefill", PrefillLen, warmup, reps, () => fastModel.Forward(longPrompt, 1, PrefillLen, new AodStateSet(config, 1), lastOnly: true)));
         rows.Add(Time("csharp-cpu-reference", "prefill", PrefillLen, warmup, reps, () => model.Forward(longPrompt, 1, PrefillLen, new AodStateSet(config, 1))));
         foreach (var r in rows) Console.WriteLine($"  {r.Backend,-22} {r.What,-8} {r.TokensPerSecond,10:F0} tok/s  median {r.MedianMs,8:F1} ms ({r.Reps} reps)");
+        Console.WriteLine($"  load after: {GemmBench.LoadAverage()}");
         DecodeRoofline(config, p, rows.First(r => r.Backend == "csharp-cpu-fast" && r.What == "decode").TokensPerSecond);
 
         if (peer) rows.AddRange(RunPeer(preset));

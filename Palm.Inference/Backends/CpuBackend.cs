@@ -1,16 +1,19 @@
-// The CPU backend: the reference model itself. Batched steps run the sequences in parallel,
-// each through its own state, so a sequence's result never depends on what it is batched with.
+// The CPU backend: the fast CPU path (FastCpuModel for prefill, FastCpuDecoder for steps; both
+// checked against the reference model). Batched steps run the sequences in parallel, each
+// through its own state, so a sequence's result never depends on what it is batched with.
 using Palm.Inference.Cpu;
+using Palm.Inference.Cpu.Fast;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Backends;
 
 internal sealed class CpuBackend(PalmParameters parameters, string? reason = null) : IInferenceBackend
 {
-    private readonly CpuReferenceModel _model = new(parameters);
+    private readonly FastCpuModel _model = new(parameters);
+    private readonly FastCpuDecoder _decoder = new(parameters);
 
     public BackendKind Kind => BackendKind.Cpu;
-    public string Description { get; } = "cpu (reference, float32)" + (reason is null ? "" : $"; {reason}");
+    public string Description { get; } = "cpu (fast path, float32)" + (reason is null ? "" : $"; {reason}");
     public PalmConfig Config => parameters.Config;
     public long WeightBytes => parameters.Count * sizeof(float);
 
@@ -20,8 +23,9 @@ internal sealed class CpuBackend(PalmParameters parameters, string? reason = nul
     {
         int V = Config.VocabSize, T = tokens.Length;
         if (T == 0) throw new ArgumentException("prefill needs at least one token", nameof(tokens));
-        var logits = _model.Forward(tokens, 1, T, state.Set);
-        logits.AsSpan((T - 1) * V, V).CopyTo(lastLogits);
+        // Only the last position's logits are needed to go on: the unembedding runs on one row.
+        var logits = _model.Forward(tokens, 1, T, state.Set, lastOnly: true);
+        logits.AsSpan(0, V).CopyTo(lastLogits);
     }
 
     public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits)
@@ -31,14 +35,14 @@ internal sealed class CpuBackend(PalmParameters parameters, string? reason = nul
         if (logits.Length < B * V) throw new ArgumentException($"logits must hold B*V = {B * V} floats", nameof(logits));
         if (B == 1)
         {
-            _model.Step(tokens, states[0].Set, logits[..V]);
+            _decoder.Step(tokens, states[0].Set, logits[..V]);
             return;
         }
-        // The reference Step shares one position across its batch; sessions sit at different
-        // positions, so each runs as its own batch of one (the reference loops per sequence anyway).
+        // A state set shares one position across its batch; sessions sit at different positions,
+        // so each runs as its own batch of one (the decoder keeps per-thread scratch).
         var tok = tokens.ToArray();
         var outp = new float[B * V];
-        Parallel.For(0, B, b => _model.Step(tok.AsSpan(b, 1), states[b].Set, outp.AsSpan(b * V, V)));
+        Parallel.For(0, B, b => _decoder.Step(tok.AsSpan(b, 1), states[b].Set, outp.AsSpan(b * V, V)));
         outp.AsSpan().CopyTo(logits);
     }
 

@@ -12,6 +12,7 @@ return which switch
     "gpu" => GpuBench.Run(rest),
     "gpu-check" => GpuCheck.Run(rest),
     "gpu-train" => GpuBench.Train(rest),
+    "api" => ApiBench.Run(rest),
     _ => Usage(),
 };
 

@@ -134,6 +134,11 @@ palm_status palm_model_memory(const palm_model *model, palm_memory_info *out_inf
 palm_status palm_model_backend(const palm_model *model, int32_t *out_backend,
                                char *description, size_t capacity, size_t *out_len);
 
+/* The model's id: SHA-256 of its config and weights as 64 lowercase hex digits and a NUL (buffer of at
+ * least PALM_MODEL_ID_SIZE bytes); saved session states are bound to it. Equal to PalmModel.Id in .NET. */
+#define PALM_MODEL_ID_SIZE 65
+palm_status palm_model_id(const palm_model *model, char *buffer, size_t capacity);
+
 /* ---- session ---- */
 
 /* A conversation with a fresh state. params may be NULL (defaults). *out_session is NULL on failure. */

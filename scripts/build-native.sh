@@ -21,6 +21,8 @@ make -C samples/c-embed --no-print-directory -s all
 model=models/palm-kjv.palm
 # The sample on lavapipe: PALM_BACKEND_VULKAN takes the software device that Auto would pass over.
 samples/c-embed/c-embed --backend vulkan --seed 1 --max-tokens 40 "$model" "And God said"
+# The library must compute the same model id as .NET (states are bound to it); Palm.Tests pins the file too.
+export PALM_EXPECT_MODEL_ID=$(cat samples/c-embed/palm-kjv.id)
 samples/c-embed/palm-abi-test "$model" cpu
 samples/c-embed/palm-abi-test "$model" vulkan
 echo "build-native: ok in $((SECONDS - start)) s"

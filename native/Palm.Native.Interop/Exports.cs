@@ -169,6 +169,23 @@ public static unsafe class Exports
         catch (Exception e) { return Errors.From(e); }
     }
 
+    [UnmanagedCallersOnly(EntryPoint = "palm_model_id")]
+    public static PalmStatus PalmModelId(IntPtr model, byte* buffer, nuint capacity)
+    {
+        try
+        {
+            var m = Handles.Get<PalmModel>(model, "model");
+            Need(buffer, "buffer");
+            var id = Encoding.ASCII.GetBytes(m.Id);
+            if (capacity < (nuint)id.Length + 1)
+                throw new AbiException(PalmStatus.BufferTooSmall, $"the model id needs {id.Length + 1} bytes, the buffer holds {capacity}");
+            id.CopyTo(new Span<byte>(buffer, id.Length));
+            buffer[id.Length] = 0;
+            return PalmStatus.Ok;
+        }
+        catch (Exception e) { return Errors.From(e); }
+    }
+
     // ---- session ----
 
     [UnmanagedCallersOnly(EntryPoint = "palm_session_create")]

@@ -1,5 +1,7 @@
 /* palm-abi-test: the C ABI under bad input, two threads, cancellation and state round trips.
  *   usage: palm-abi-test MODEL.palm [cpu|vulkan|auto]
+ * With PALM_EXPECT_MODEL_ID set, the model's id must equal it (the id .NET computes for that model:
+ * scripts/build-native.sh passes samples/c-embed/palm-kjv.id, which a Palm.Tests test pins too).
  * Exits 0 when every check passes; prints each failure and exits 1 otherwise. */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -308,6 +310,13 @@ int main(int argc, char **argv) {
     EXPECT_OK(palm_model_memory(model, &mem));
     CHECK(mem.weight_bytes > 0 && mem.session_bytes > 0, "memory %lld %lld", (long long)mem.weight_bytes, (long long)mem.session_bytes);
     fprintf(stderr, "palm-abi-test: libpalm %s on %s\n", palm_version(), desc);
+    char id[PALM_MODEL_ID_SIZE];
+    EXPECT_OK(palm_model_id(model, id, sizeof id));
+    CHECK(strlen(id) == 64, "id '%s'", id);
+    const char *expect = getenv("PALM_EXPECT_MODEL_ID");
+    if (expect && *expect) CHECK(strcmp(id, expect) == 0, "model id %s, .NET computes %s", id, expect);
+    EXPECT_ERR(PALM_ERR_BUFFER_TOO_SMALL, palm_model_id(model, id, 64));
+    EXPECT_ERR(PALM_ERR_INVALID_ARGUMENT, palm_model_id(model, NULL, 65));
 
     test_bad_input(model);
     test_state_round_trip(model);

@@ -22,7 +22,8 @@
  *    fails with PALM_ERR_BUSY. The exception is palm_session_cancel, which is meant to be called
  *    from another thread while palm_session_generate runs.
  *  - The token callback runs on the thread that called palm_session_generate.
- *  - palm_last_error() is per thread.
+ *  - palm_last_error() is per thread (a thread's message is freed at its next failure or at process
+ *    exit, not when the thread ends).
  *  - Free a session before, or after, its model: a session outliving its model fails with
  *    PALM_ERR_DISPOSED. Do not free a handle while another thread still uses it.
  */
@@ -104,7 +105,9 @@ typedef struct palm_memory_info {
 } palm_memory_info;
 
 /* Receives each generated piece: `len` bytes of whole UTF-8 characters at `piece` (also NUL-terminated),
- * valid only during the call. Return 0 to continue, non-zero to stop (PALM_STOP_CALLBACK). */
+ * valid only during the call. Return 0 to continue, non-zero to stop (PALM_STOP_CALLBACK). It runs on the
+ * thread that called palm_session_generate; it may call palm_session_cancel or use other sessions, but
+ * must not longjmp or throw (C++) out of the call. Calls on its own session fail with PALM_ERR_BUSY. */
 typedef int (*palm_token_callback)(const char *piece, size_t len, void *user);
 
 /* ---- library ---- */

@@ -16,7 +16,7 @@ start=$SECONDS
 dotnet publish native/Palm.Native.Interop -c Release -r linux-x64 -p:PalmNativeAot=true -o out/native -nologo -v:q
 echo "build-native: out/native/libpalm.so ($(stat -c %s out/native/libpalm.so) bytes) published in $((SECONDS - start)) s"
 
-make -C samples/c-embed --no-print-directory -s all
+make -C samples/c-embed --no-print-directory -s header all
 
 model=models/palm-kjv.palm
 # The sample on lavapipe: PALM_BACKEND_VULKAN takes the software device that Auto would pass over.

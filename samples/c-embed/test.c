@@ -203,18 +203,24 @@ static void test_callback_stop(palm_model *model) {
 
 /* ---- two threads, two sessions ---- */
 
-typedef struct { palm_session *session; const char *prompt; uint64_t seed; char *text; int ok; } job;
+typedef struct { palm_session *session; const char *prompt; uint64_t seed; char *text; int ok; pthread_barrier_t *go; } job;
+static atomic_int running, overlapped;
 
 static void *run_job(void *arg) {
     job *j = arg;
     palm_stop_reason r;
-    for (int round = 0; round < 3; round++) { /* several calls, so that the two threads overlap */
-        char *t = generate(j->session, round == 0 ? j->prompt : "", 25, j->seed + round, &r);
+    if (j->go) pthread_barrier_wait(j->go);
+    atomic_fetch_add(&running, 1);
+    for (int round = 0; round < 4; round++) { /* several calls, so that the two threads overlap */
+        if (atomic_load(&running) == 2) atomic_store(&overlapped, 1);
+        char *t = generate(j->session, round == 0 ? j->prompt : "", 50, j->seed + round, &r);
         size_t old = j->text ? strlen(j->text) : 0;
         j->text = realloc(j->text, old + strlen(t) + 1);
         strcpy(j->text + old, t);
         free(t);
     }
+    if (atomic_load(&running) == 2) atomic_store(&overlapped, 1);
+    atomic_fetch_sub(&running, 1);
     /* this thread's last error is its own */
     palm_model *m = NULL;
     palm_status st = palm_model_load(j->prompt /* not a file */, NULL, &m);
@@ -228,17 +234,20 @@ static void test_two_threads(palm_model *model) {
     for (int i = 0; i < 2; i++) {
         palm_session *s = NULL;
         EXPECT_OK(palm_session_create(model, NULL, &s));
-        job j = { s, prompts[i], 100 + i, NULL, 0 };
+        job j = { s, prompts[i], 100 + i, NULL, 0, NULL };
         run_job(&j);
         sequential[i] = j.text;
         palm_session_free(s);
     }
     job jobs[2];
     pthread_t th[2];
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, 2);
+    atomic_store(&overlapped, 0);
     for (int i = 0; i < 2; i++) {
         palm_session *s = NULL;
         EXPECT_OK(palm_session_create(model, NULL, &s));
-        jobs[i] = (job){ s, prompts[i], 100 + i, NULL, 0 };
+        jobs[i] = (job){ s, prompts[i], 100 + i, NULL, 0, &go };
         CHECK(pthread_create(&th[i], NULL, run_job, &jobs[i]) == 0, "pthread_create");
     }
     for (int i = 0; i < 2; i++) {
@@ -250,6 +259,8 @@ static void test_two_threads(palm_model *model) {
         free(sequential[i]);
         palm_session_free(jobs[i].session);
     }
+    pthread_barrier_destroy(&go);
+    CHECK(atomic_load(&overlapped), "the two threads' generations never overlapped");
 }
 
 /* ---- cancellation from another thread, and PALM_ERR_BUSY meanwhile ---- */

@@ -6,6 +6,8 @@ set -euo pipefail
 # Vulkan loader, lavapipe (CPU Vulkan driver), validation layer, GLSL compiler; the bundled
 # corpus comes from a Debian package so that a machine without internet can train on it.
 PKGS=(libvulkan1 mesa-vulkan-drivers vulkan-validationlayers glslc bible-kjv)
+# The C ABI (scripts/build-native.sh): NativeAOT links libpalm.so with gcc; the C sample builds with make.
+PKGS+=(gcc libc6-dev make)
 if [[ "${PALM_SETUP_PEERS:-0}" == "1" ]]; then
   # Benchmark peers only (bench/run.sh): PyTorch with a fair BLAS.
   PKGS+=(python3-torch python3-numpy python3-msgpack libopenblas0-openmp)

@@ -96,6 +96,7 @@ internal sealed unsafe class FastCpuBackward
         int cnt = Math.Max(count, 1);
         FastCpuModel.ParallelRows(rows, 16, (r0, r1) =>
         {
+            var scratch = new float[v];     // one per row range, not per row
             for (int i = r0; i < r1; i++)
             {
                 var z = logits.AsSpan(i * v, v);
@@ -105,7 +106,7 @@ internal sealed unsafe class FastCpuBackward
                 float max = TensorPrimitives.Max(z);
                 float zt = z[t];
                 TensorPrimitives.Subtract(z, max, z);
-                TensorPrimitives.Exp(z, z);
+                CpuOps.ExpOfNonPositive(z, z, scratch);
                 double sum = 0;
                 for (int j = 0; j < v; j += 256) sum += TensorPrimitives.Sum(z.Slice(j, Math.Min(256, v - j)));
                 rowLoss[i] = max + Math.Log(sum) - zt;

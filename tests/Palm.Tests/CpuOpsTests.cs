@@ -46,3 +46,17 @@ public class CpuOpsTests
         }
     }
 }
+
+public class ExpTests
+{
+    [Fact]
+    public void ExpOfNonPositiveMatchesMathExp()
+    {
+        // Max-shifted logits lie in (-inf, 0]: check the whole float range that matters.
+        var x = Enumerable.Range(0, 20001).Select(i => -i * 0.005f).Concat([-87f, -100f, -1e-7f, 0f, float.NegativeInfinity]).ToArray();
+        var y = new float[x.Length];
+        CpuOps.ExpOfNonPositive(x, y, new float[x.Length]);
+        var expect = x.Select(v => (float)Math.Exp(v)).ToArray();
+        Numerics.AssertClose(y, expect, 1e-38, 2e-6, "exp via sigmoid", i => $"x={x[i]}");
+    }
+}

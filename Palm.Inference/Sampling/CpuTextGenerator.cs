@@ -27,9 +27,13 @@ public sealed class CpuTextGenerator(PalmParameters parameters, BpeTokenizer tok
         int V = parameters.Config.VocabSize;
         var logits = _model.Forward(ids, 1, ids.Length, state).AsSpan((ids.Length - 1) * V, V).ToArray();
         var decoder = new StreamingDecoder(tokenizer);
+        // One sampler for the whole generation: its buffers are reused for every token.
+        var sampler = new TokenSampler(V);
+        var settings = new SamplingSettings(options.Temperature, options.TopK, options.TopP, 0f, 1f, 0f, 0f, null);
+        var noHistory = new RecentTokens(0);
         for (int i = 0; i < maxTokens; i++)
         {
-            int next = Sampler.Sample(logits, options, rng);
+            int next = sampler.Sample(logits, settings, noHistory, rng);
             if (next == tokenizer.EotId) break;
             var piece = decoder.Append(next);
             if (piece.Length > 0) yield return piece;

@@ -30,15 +30,18 @@ internal static class CrossEntropy
     /// <summary>
     /// Records loss[r] = logsumexp(logits[r]) - logits[r, targets[r]], 0 where targets[r] = -1,
     /// NaN for a target outside [-1, V). logits (R, V) f32, targets (R) i32, loss (R) f32.
+    /// <paramref name="subgroup"/>: null picks the subgroup-arithmetic variant where the device has it.
     /// </summary>
-    public static void Record(CommandRecorder rec, VulkanContext ctx, GpuTensor logits, GpuTensor targets, GpuTensor loss)
+    public static void Record(CommandRecorder rec, VulkanContext ctx, GpuTensor logits, GpuTensor targets, GpuTensor loss, bool? subgroup = null)
     {
         var v = logits.Shape[^1];
         var rows = logits.Count / v;
         if (logits.DType != GpuDType.F32 || targets.DType != GpuDType.I32 || loss.DType != GpuDType.F32 || targets.Count != rows || loss.Count != rows)
             throw new ArgumentException($"cross_entropy: logits {logits} f32, targets {targets} i32 and loss {loss} f32 must have {rows} rows");
         var wg = RowWorkgroup(v, ctx);
-        var pipeline = ctx.Pipelines.Get("cross_entropy", 3, (uint)Marshal.SizeOf<CrossEntropyPush>(), wg);
+        bool useSubgroup = subgroup ?? ctx.Capabilities.SubgroupArithmetic;
+        if (useSubgroup && !ctx.Capabilities.SubgroupArithmetic) throw new NotSupportedException("cross_entropy: the device has no subgroup arithmetic");
+        var pipeline = ctx.Pipelines.Get(useSubgroup ? "cross_entropy_subgroup" : "cross_entropy", 3, (uint)Marshal.SizeOf<CrossEntropyPush>(), wg);
         var push = new CrossEntropyPush { rows = (uint)rows, V = (uint)v };
         var (gx, gy) = Grid.Rows(rows, ctx.Capabilities.MaxWorkgroupCountX);
         rec.Dispatch(pipeline, [Binding.In(logits), Binding.In(targets), Binding.Out(loss)], push, gx, gy);

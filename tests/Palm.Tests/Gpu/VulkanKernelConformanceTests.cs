@@ -82,6 +82,24 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         Tolerance.AssertClose(y, RmsNormExpected(x, rows, cols), Tolerance.ForReduction(cols), Tolerance.F32Rtol, $"rmsnorm fallback rows={rows} cols={cols}", Seed, cols);
     }
 
+    /// <summary>The suite runs the subgroup cross-entropy where the device has it; this runs the shared-memory fallback.</summary>
+    [Theory]
+    [InlineData(3, 7, 1.0)]
+    [InlineData(5, 1000, 3.0)]
+    [InlineData(2, 97, 30.0)]
+    public void CrossEntropy_shared_memory_fallback_matches_reference(int rows, int V, double scale)
+    {
+        var logits = Uniform(rows * V, scale);
+        var targets = Enumerable.Range(0, rows).Select(i => i == 0 ? -1 : Rng.Next(V)).ToArray();
+        var loss = Poisoned(rows);
+        using var tl = Ctx.CreateTensor(logits, GpuDType.F32, rows, V);
+        using var tt = Ctx.CreateTensor(GpuDType.I32, rows);
+        tt.Upload(targets);
+        using var to = Ctx.CreateTensor(GpuDType.F32, rows);
+        Run(loss, to, rec => Kernels.CrossEntropy.Record(rec, Ctx, tl, tt, to, subgroup: false));
+        Tolerance.AssertClose(loss, CrossEntropyExpected(logits, targets, V), Tolerance.ForReduction(V) * Math.Max(1, scale), Tolerance.F32Rtol, $"cross_entropy fallback rows={rows} V={V}", Seed, 0);
+    }
+
     protected override void Embedding(int[] idx, float[] table, int V, int C, float[] y)
     {
         using var ti = Ctx.CreateTensor(GpuDType.I32, idx.Length);

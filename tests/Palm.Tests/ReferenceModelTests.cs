@@ -67,18 +67,26 @@ public class ReferenceModelTests(ITestOutputHelper output)
             for (int tries = 0; tries < 60 && checkedCount < 4; tries++)
             {
                 int i = rng.NextInt(t.Length);
-                double l0 = Loss(t, i, 0), lp = Loss(t, i, h), lm = Loss(t, i, -h), lp2 = Loss(t, i, h / 2), lm2 = Loss(t, i, -h / 2);
-                double fd = (lp - lm) / (2 * h), fd2 = (lp2 - lm2) / h;
-                // A kink inside [-h/2, h/2] shows as one-sided slopes that disagree; a central
-                // difference across it would be the mean of two slopes, not the derivative.
-                double fwd = (lp2 - l0) / (h / 2), bwd = (l0 - lm2) / (h / 2);
-                if (Math.Abs(fwd - bwd) > 2e-2 * Math.Max(Math.Abs(fd2), 0.1) || Math.Abs(fd - fd2) > 1e-3 + 1e-2 * Math.Abs(fd)) continue;
-                checkedCount++;
-                double rich = (4 * fd2 - fd) / 3;        // Richardson: cancels the h^2 truncation term
-                double err = Math.Abs(rich - gt.Data[i]);
-                double tol = 2e-3 + 2e-2 * Math.Abs(rich);
-                worst = Math.Max(worst, err);
-                Assert.True(err <= tol, $"seed {seed} {config} {t.Name}[{i}]: analytic {gt.Data[i]:g6}, finite difference {rich:g6}, err {err:g3} > {tol:g3}");
+                // Steps of 2.5e-3 and, for strongly curved entries (random weights can sit near
+                // the QK-norm's singular spot, f'' in the hundreds), 6e-4 and 1.6e-4: the
+                // curvature term shrinks with the step while float32 noise (~1e-6 in the loss)
+                // stays well inside the tolerance.
+                foreach (float step in new[] { h / 4, h / 16, h / 64 })
+                {
+                    double l0 = Loss(t, i, 0), lp = Loss(t, i, step), lm = Loss(t, i, -step), lp2 = Loss(t, i, step / 2), lm2 = Loss(t, i, -step / 2);
+                    double fd = (lp - lm) / (2 * step), fd2 = (lp2 - lm2) / step;
+                    // A kink inside [-h/2, h/2] shows as one-sided slopes that disagree; a central
+                    // difference across it would be the mean of two slopes, not the derivative.
+                    double fwd = (lp2 - l0) / (step / 2), bwd = (l0 - lm2) / (step / 2);
+                    if (Math.Abs(fwd - bwd) > 2e-2 * Math.Max(Math.Abs(fd2), 0.1) || Math.Abs(fd - fd2) > 1e-3 + 1e-2 * Math.Abs(fd)) continue;
+                    checkedCount++;
+                    double rich = (4 * fd2 - fd) / 3;        // Richardson: cancels the h^2 truncation term
+                    double err = Math.Abs(rich - gt.Data[i]);
+                    double tol = 2e-3 + 2e-2 * Math.Abs(rich);
+                    worst = Math.Max(worst, err);
+                    Assert.True(err <= tol, $"seed {seed} {config} {t.Name}[{i}] (h={step}): analytic {gt.Data[i]:g6}, finite difference {rich:g6}, err {err:g3} > {tol:g3}");
+                    break;
+                }
             }
             Assert.True(checkedCount >= 2, $"seed {seed} {config} {t.Name}: only {checkedCount} smooth entries found");
             output.WriteLine($"{t.Name}: worst |fd - analytic| {worst:g3}");

@@ -41,8 +41,7 @@ internal sealed class VulkanBackend : IInferenceBackend
     {
         try
         {
-            var forward = new VulkanForward(ctx, ToGpu(parameters.Config),
-                parameters.All.ToDictionary(t => t.Name, t => new GpuWeight(t.Rows, t.Cols, t.Data), StringComparer.Ordinal));
+            var forward = new VulkanForward(ctx, GpuMapping.ToGpu(parameters.Config), GpuMapping.ToGpuWeights(parameters));
             return new VulkanBackend(ctx, forward, parameters.Config, parameters.Count * sizeof(float));
         }
         catch
@@ -52,8 +51,6 @@ internal sealed class VulkanBackend : IInferenceBackend
         }
     }
 
-    internal static GpuModelConfig ToGpu(PalmConfig c) => new(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
-        c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
 
     internal VulkanContext Context => _ctx;
 

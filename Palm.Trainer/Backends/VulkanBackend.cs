@@ -3,6 +3,7 @@
 // one queue submission. With grad_accum > 1 each micro-batch's gradients are read back, averaged
 // on the host in the CPU backend's order and written back before the optimizer submission.
 // Weights and moments come back to the host only for checkpoints, samples and the caller.
+using Palm.Inference.Backends;
 using Palm.Gpu;
 using Palm.Gpu.Model;
 using Palm.Gpu.Training;
@@ -38,7 +39,7 @@ internal sealed class VulkanBackend : ITrainingBackend
         }
         try
         {
-            var gpu = new VulkanTraining(ctx, ToGpu(parameters.Config), parameters.All.ToDictionary(t => t.Name, t => new GpuWeight(t.Rows, t.Cols, t.Data)));
+            var gpu = new VulkanTraining(ctx, GpuMapping.ToGpu(parameters.Config), GpuMapping.ToGpuWeights(parameters));
             return new VulkanBackend(ctx, gpu, parameters);
         }
         catch
@@ -48,8 +49,6 @@ internal sealed class VulkanBackend : ITrainingBackend
         }
     }
 
-    internal static GpuModelConfig ToGpu(PalmConfig c) => new(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
-        c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
 
     public string Description => $"vulkan ({_ctx.Capabilities.DeviceName}, {_ctx.Capabilities.DeviceType})";
 

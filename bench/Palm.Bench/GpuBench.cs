@@ -92,8 +92,7 @@ public static class GpuBench
             var c = PalmConfig.Preset(preset);
             var p = new PalmParameters(c);
             p.InitTraining(new Rng(5));
-            var gc = new GpuModelConfig(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
-                c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
+            var gc = Palm.Inference.Backends.GpuMapping.ToGpu(c);
             int B = 8, T = c.BlockSize;
             var rng = new Rng(9);
             var x = Enumerable.Range(0, B * T).Select(_ => rng.NextInt(c.VocabSize)).ToArray();
@@ -130,9 +129,8 @@ public static class GpuBench
         var c = PalmConfig.Preset(preset);
         var p = new PalmParameters(c);
         p.InitTraining(new Rng(5));
-        var gc = new GpuModelConfig(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
-            c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
-        using var vf = new VulkanForward(ctx, gc, p.All.ToDictionary(t => t.Name, t => new GpuWeight(t.Rows, t.Cols, t.Data)));
+        var gc = Palm.Inference.Backends.GpuMapping.ToGpu(c);
+        using var vf = new VulkanForward(ctx, gc, Palm.Inference.Backends.GpuMapping.ToGpuWeights(p));
         int B = 8, T = c.BlockSize;
         var rng = new Rng(9);
         var tokens = Enumerable.Range(0, B * T).Select(_ => rng.NextInt(c.VocabSize)).ToArray();

@@ -31,8 +31,7 @@ public static class GpuCheck
             {
                 var g = GoldenCase.Load(f);
                 var c = g.Config;
-                var gc = new GpuModelConfig(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
-                    c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
+                var gc = Palm.Inference.Backends.GpuMapping.ToGpu(c);
                 using var vf = new VulkanForward(ctx, gc, g.Params.ToDictionary(kv => kv.Key, kv => new GpuWeight(kv.Value.Shape[0], kv.Value.Shape[1], kv.Value.Data)));
                 void Check(string what, Func<string?> body)
                 {

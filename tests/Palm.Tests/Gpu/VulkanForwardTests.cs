@@ -35,8 +35,7 @@ public sealed class VulkanForwardTests : IDisposable
 
     public static TheoryData<string> Files => GoldenCase.Files();
 
-    internal static GpuModelConfig ToGpu(PalmConfig c) => new(c.VocabSize, c.NEmbd, c.NHead, c.DQkv, c.DRank, c.NLayer, c.NRecur,
-        c.Share == ShareMode.Cycle ? GpuShare.Cycle : GpuShare.Sequence, c.DFfn, c.Mix == AodMix.Mean);
+    internal static GpuModelConfig ToGpu(PalmConfig c) => Palm.Inference.Backends.GpuMapping.ToGpu(c);
 
     static VulkanForward Load(VulkanContext ctx, GoldenCase g) =>
         new(ctx, ToGpu(g.Config), g.Params.ToDictionary(kv => kv.Key, kv => new GpuWeight(kv.Value.Shape[0], kv.Value.Shape[1], kv.Value.Data)));

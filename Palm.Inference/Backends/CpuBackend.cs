@@ -40,11 +40,13 @@ internal sealed class CpuBackend(PalmParameters parameters, string? reason = nul
         }
         // A state set shares one position across its batch; sessions sit at different positions,
         // so each runs as its own batch of one (the decoder keeps per-thread scratch).
+        // The pool's threads already fill the cores, so each step stays on its thread
+        // (bothCores: false; the logits are bit-identical either way).
         var tok = tokens.ToArray();
         var outp = new float[B * V];
-        Parallel.For(0, B, b => _decoder.Step(tok.AsSpan(b, 1), states[b].Set, outp.AsSpan(b * V, V)));
+        Parallel.For(0, B, b => _decoder.Step(tok.AsSpan(b, 1), states[b].Set, outp.AsSpan(b * V, V), bothCores: false));
         outp.AsSpan().CopyTo(logits);
     }
 
-    public void Dispose() { }
+    public void Dispose() => _decoder.Dispose();
 }

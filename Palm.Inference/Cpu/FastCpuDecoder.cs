@@ -2,6 +2,18 @@
 // per-head AoD (QK-norm, RoPE, gate, state update, mix) and register-blocked matrix-vector
 // products. The same function as CpuReferenceModel.Step, which checks it (FastCpuDecoderTests);
 // nothing here allocates per token or takes a lock.
+//
+// Two cores for one sequence. A batch-1 token is ~1.7 M multiply-adds spread over ~35 small
+// matrix-vector products, so handing work to the thread pool per product would cost more than
+// the product. Instead the step is cut into two fixed PARTS (heads, channels and vocabulary rows
+// halved) and, where a second core exists, a dedicated worker thread runs part 1 while the
+// caller runs part 0, meeting at two spin barriers per block application (DecodeTeam). Products
+// whose input is split (the projection after the AoD mix, the FFN's down linear) are computed as
+// per-part partial sums over their input columns and added part 0 + part 1 after the barrier.
+// Because the partition is fixed and the partial sums are always added in the same order, one
+// thread running both parts produces bit-identical logits: batched steps (one sequence per pool
+// thread), a busy team and single-core machines all give the same text for the same seed.
+using System.Diagnostics;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -9,42 +21,101 @@ using Palm.Inference.Model;
 
 namespace Palm.Inference.Cpu;
 
-internal sealed class FastCpuDecoder
+internal sealed class FastCpuDecoder : IDisposable
 {
+    private const int Parts = 2;
+
     private readonly PalmConfig _c;
     private readonly PalmParameters _p;
     private readonly double[] _freq;
     private readonly ThreadLocal<Scratch> _scratch;
+    // Part boundaries: heads, model channels, FFN channels and vocabulary rows (Parts + 1 each).
+    private readonly int[] _heads, _chans, _ffn, _vocab;
+    private readonly bool _useTeam;
+    private DecodeTeam? _team;
+    private int _teamBusy;
+    private bool _disposed;
+    private long _teamSteps;
 
-    public FastCpuDecoder(PalmParameters parameters)
+    /// <param name="parameters">The weights (read, never written).</param>
+    /// <param name="threads">1 keeps every step on the caller's thread; 2 lets batch-1 steps use a
+    /// second core when the machine has one. Null: 2 unless <c>PALM_CPU_DECODE_THREADS=1</c>.</param>
+    public FastCpuDecoder(PalmParameters parameters, int? threads = null)
     {
         _p = parameters;
         _c = parameters.Config;
         _freq = CpuOps.RopeFrequencies(_c.HeadDim);
         _scratch = new ThreadLocal<Scratch>(() => new Scratch(_c));
+        _heads = Split(_c.NHead, 1);
+        _chans = Split(_c.NEmbd, 16);
+        _ffn = Split(Math.Max(_c.DFfn, 0), 16);
+        _vocab = Split(_c.VocabSize, 16);
+        int want = threads ?? (Environment.GetEnvironmentVariable("PALM_CPU_DECODE_THREADS") == "1" ? 1 : 2);
+        if (want is < 1 or > 2) throw new ArgumentOutOfRangeException(nameof(threads), "1 or 2");
+        _useTeam = want == 2 && Environment.ProcessorCount >= 2;
     }
 
     public PalmConfig Config => _c;
 
+    /// <summary>Batch-1 steps that ran on two cores (tests check the team really ran).</summary>
+    internal long TeamSteps => Interlocked.Read(ref _teamSteps);
+
+    // [0, n) cut into Parts ranges whose inner boundaries are multiples of align (when n allows).
+    private static int[] Split(int n, int align)
+    {
+        var b = new int[Parts + 1];
+        for (int i = 1; i < Parts; i++)
+        {
+            int cut = (int)((long)n * i / Parts);
+            if (n >= Parts * align) cut = cut / align * align;
+            b[i] = Math.Max(cut, b[i - 1]);
+        }
+        b[Parts] = n;
+        return b;
+    }
+
     private sealed class Scratch(PalmConfig c)
     {
-        public readonly float[] X = new float[c.NEmbd], H = new float[c.NEmbd], Xf = new float[c.NEmbd];
-        public readonly float[] U = new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))];
+        // Private to one thread: only the ranges of the parts that thread runs are written/read.
+        public readonly float[] H = new float[c.NEmbd], Xf = new float[c.NEmbd], E = new float[c.NEmbd];
+        public readonly float[] U = new float[Math.Max(1, c.DRank)], U2 = new float[Math.Max(1, Math.Max(c.DRank, 2 * c.NEmbd))];
+        public readonly float[] Uf = new float[Math.Max(1, c.DRank)], Ud = new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))];
         public readonly float[] Qkv = new float[3 * c.DQkv], G = new float[c.DQkv], Y = new float[c.DQkv];
         public readonly float[] O = new float[2 * c.NEmbd], Tmp = new float[Math.Max(c.NEmbd, Math.Max(c.DFfn, 1))];
         public readonly float[] M = new float[Math.Max(1, 2 * c.DFfn)], Z = new float[Math.Max(1, c.DFfn)], F = new float[c.NEmbd];
         public readonly float[] Cos = new float[c.HeadDim / 2], Sin = new float[c.HeadDim / 2];
+        // Shared between the parts: the residual stream and the per-part partial sums. A thread
+        // running both parts alone uses its own; a team uses the caller's (the worker's are idle).
+        public readonly float[] X = new float[c.NEmbd];
+        public readonly float[][] P = [new float[Math.Max(1, Math.Max(c.DRank, 2 * c.NEmbd))], new float[Math.Max(1, Math.Max(c.DRank, 2 * c.NEmbd))]];
+        public readonly float[][] P2 = [new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))], new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))]];
     }
 
     /// <summary>One token per sequence of <paramref name="state"/>; logits (B, V). Same contract as <see cref="CpuReferenceModel.Step"/>.</summary>
-    public void Step(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits)
+    public void Step(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits) => Step(tokens, state, logits, bothCores: true);
+
+    /// <summary>
+    /// As <see cref="Step(ReadOnlySpan{int}, AodStateSet, Span{float})"/>; <paramref name="bothCores"/>
+    /// false keeps a batch-1 step on the calling thread (for callers that already run sequences
+    /// in parallel). The logits do not depend on it.
+    /// </summary>
+    public void Step(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits, bool bothCores)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         int batch = state.Batch, V = _c.VocabSize;
         if (tokens.Length != batch) throw new ArgumentException($"expected {batch} tokens, got {tokens.Length}", nameof(tokens));
         if (logits.Length < batch * V) throw new ArgumentException($"logits must hold B*V = {batch * V} floats", nameof(logits));
         foreach (var t in tokens)
             if ((uint)t >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside [0, {V})");
-        if (batch == 1) StepOne(tokens[0], state, 0, logits[..V]);
+        if (batch == 1)
+        {
+            if (bothCores && _useTeam && Interlocked.CompareExchange(ref _teamBusy, 1, 0) == 0)
+            {
+                try { RunTeam(tokens[0], state, logits[..V]); }
+                finally { Volatile.Write(ref _teamBusy, 0); }
+            }
+            else StepAlone(tokens[0], state, 0, logits[..V]);
+        }
         else
         {
             // Sequences are independent: one per worker, each with its own scratch.
@@ -54,20 +125,63 @@ internal sealed class FastCpuDecoder
                 fixed (float* pl = logits)
                 {
                     nint il = (nint)pl;
-                    Parallel.For(0, batch, b => StepOne(toks[b], state, b, new Span<float>((float*)il + (long)b * V, V)));
+                    Parallel.For(0, batch, b => StepAlone(toks[b], state, b, new Span<float>((float*)il + (long)b * V, V)));
                 }
             }
         }
         state.Position++;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void StepOne(int token, AodStateSet state, int b, Span<float> logits)
+    private unsafe void StepAlone(int token, AodStateSet state, int b, Span<float> logits)
     {
         var s = _scratch.Value!;
+        fixed (float* pl = logits)
+        {
+            var job = new Job(token, state, b, pl);
+            Run(in job, s, s, 0, Parts, null, 0);
+        }
+    }
+
+    private unsafe void RunTeam(int token, AodStateSet state, Span<float> logits)
+    {
+        _team ??= new DecodeTeam(this);
+        fixed (float* pl = logits)
+        {
+            var job = new Job(token, state, 0, pl);
+            try { _team.Run(in job); _teamSteps++; }
+            catch
+            {
+                // One side failed mid-token: the other may wait at a barrier. Stopping the team
+                // releases it; the next step starts a fresh one.
+                _team.Dispose();
+                _team = null;
+                throw;
+            }
+        }
+    }
+
+    /// <summary>What one token step needs; the logits pointer stays valid while the caller waits.</summary>
+    private readonly unsafe struct Job(int token, AodStateSet state, int b, float* logits)
+    {
+        public readonly int Token = token;
+        public readonly AodStateSet State = state;
+        public readonly int B = b;
+        public readonly float* Logits = logits;
+    }
+
+    /// <summary>
+    /// Runs parts [<paramref name="p0"/>, <paramref name="p1"/>) of one token for sequence
+    /// job.B. <paramref name="sh"/> holds the shared residual stream and partial sums;
+    /// <paramref name="team"/> (null when one thread runs all parts) supplies the barriers.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private unsafe void Run(in Job job, Scratch s, Scratch sh, int p0, int p1, DecodeTeam? team, int tid)
+    {
         var c = _c;
-        int C = c.NEmbd, D = c.DQkv, H = c.NHead, hd = c.HeadDim, half = hd / 2;
+        int C = c.NEmbd, D = c.DQkv, hd = c.HeadDim, half = hd / 2, V = c.VocabSize;
         bool mean = c.Mix == AodMix.Mean;
+        var state = job.State;
+        int b = job.B;
 
         long pos = state.Position;
         for (int j = 0; j < half; j++)
@@ -77,139 +191,353 @@ internal sealed class FastCpuDecoder
             s.Sin[j] = (float)Math.Sin(th);
         }
 
-        // Embedding (+ projection) and the input norm.
+        // Embedding (+ projection) and the input norm; each part writes its channels of X.
         var E = _p.Embed;
-        var e = E.Data.AsSpan(token * E.Cols, E.Cols);
-        if (_p.EmbedProj is { } proj) { MatVec(proj.Data, C, E.Cols, e, s.H); RmsNorm(s.H, s.X); }
-        else RmsNorm(e, s.X);
+        ReadOnlySpan<float> e = E.Data.AsSpan(job.Token * E.Cols, E.Cols);
+        if (_p.EmbedProj is { } proj) { MatVec(proj.Data, C, E.Cols, e, s.E); e = s.E; }
+        float inv = RmsScale(e);
+        for (int part = p0; part < p1; part++)
+        {
+            int c0 = _chans[part], c1 = _chans[part + 1];
+            if (c1 > c0) TensorPrimitives.Multiply(e[c0..c1], inv, sh.X.AsSpan(c0, c1 - c0));
+        }
+        team?.Barrier(tid);
 
         for (int app = 0; app < c.Applications; app++)
         {
             var bp = _p.Blocks[c.BlockOfApplication(app)];
-            RmsNorm(s.X, s.H);
-            Linear(bp.Qkv, s.H, s.Qkv, s.U, relu2: true);
-            var q = s.Qkv.AsSpan(0, D);
-            var k = s.Qkv.AsSpan(D, D);
-            var v = s.Qkv.AsSpan(2 * D, D);
-            for (int hh = 0; hh < H; hh++)
+            // Phase A: every part reads the whole residual stream; it is written only in phase B.
+            TensorPrimitives.Multiply(sh.X, RmsScale(sh.X), s.H);
+            var qkvIn = s.H.AsSpan();
+            if (bp.Qkv.Factorized)
             {
-                var qh = q.Slice(hh * hd, hd);
-                var kh = k.Slice(hh * hd, hd);
-                RmsNorm(qh, qh);
-                RmsNorm(kh, kh);
-                CpuOps.RopeInPlace(qh, s.Cos, s.Sin);
-                CpuOps.RopeInPlace(kh, s.Cos, s.Sin);
+                var u = s.U.AsSpan(0, bp.Qkv.W1!.Rows);
+                MatVec(bp.Qkv.W1.Data, u.Length, C, s.H, u);
+                TensorPrimitives.Max(u, 0f, u);
+                TensorPrimitives.Multiply(u, u, u);
+                qkvIn = u;
             }
-            var S = state.S[app].AsSpan(b * D, D);
-            TensorPrimitives.Sigmoid(k, s.G);
-            TensorPrimitives.FusedMultiplyAdd(s.G, v, S, S);            // S += g·v
-            TensorPrimitives.Max(q, 0f, s.Y);                           // relu(q)
-            TensorPrimitives.Multiply(s.Y, S, s.Y);
-            if (mean)
+            var wQkv = bp.Qkv.Factorized ? bp.Qkv.W2! : bp.Qkv.W!;
+            bool ffn = bp.Up is not null;
+            if (ffn && bp.Up!.Factorized) MatVec(bp.Up.W1!.Data, bp.Up.W1.Rows, C, s.H, s.Uf.AsSpan(0, bp.Up.W1.Rows));
+            for (int part = p0; part < p1; part++)
             {
-                var Z = state.Z![app].AsSpan(b * D, D);
-                TensorPrimitives.Add(Z, s.G, Z);
-                TensorPrimitives.Divide(s.Y, Z, s.Y);
+                int j0 = _heads[part] * hd, j1 = _heads[part + 1] * hd, w = j1 - j0;
+                // (A part may own no heads, e.g. n_head = 1; TensorPrimitives rejects empty spans.)
+                if (w > 0) AodPart(s, state, app, b, j0, w, qkvIn, wQkv);
+                // Projection input is split by heads: this part's partial sum over its columns.
+                var wp = bp.Proj.Factorized ? bp.Proj.W1! : bp.Proj.W!;
+                MatVecCols(wp, j0, w, s.Y.AsSpan(j0, w), sh.P[part].AsSpan(0, wp.Rows));
+                if (ffn)
+                {
+                    int F = c.DFfn, f0 = _ffn[part], f1 = _ffn[part + 1], fw = f1 - f0;
+                    if (fw > 0)
+                    {
+                        var wUp = bp.Up!.Factorized ? bp.Up.W2! : bp.Up.W!;
+                        ReadOnlySpan<float> upIn = bp.Up.Factorized ? s.Uf.AsSpan(0, bp.Up.W1!.Rows) : s.H;
+                        MatVecRows(wUp, f0, fw, upIn, s.M.AsSpan(f0, fw));
+                        MatVecRows(wUp, F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
+                        var tmp = s.Tmp.AsSpan(f0, fw);
+                        var gate = s.M.AsSpan(F + f0, fw);
+                        TensorPrimitives.Sigmoid(gate, tmp);
+                        TensorPrimitives.Multiply(tmp, gate, tmp);
+                        TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
+                    }
+                    var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
+                    MatVecCols(wd, f0, fw, s.Z.AsSpan(f0, fw), sh.P2[part].AsSpan(0, wd.Rows));
+                }
             }
-            Linear(bp.Proj, s.Y, s.O, s.U, relu2: false);
-            SwiGluAdd(s.O, C, s.X, s.Tmp);
-            if (bp.Up is not null)
+            team?.Barrier(tid);
+
+            // Phase B: partial sums added in part order (so the thread count never changes a bit),
+            // then each part updates its channels of the residual stream.
+            ReadOnlySpan<float> projU = default, downU = default;
+            if (bp.Proj.Factorized)
             {
-                int F = c.DFfn;
-                Linear(bp.Up, s.H, s.M, s.U, relu2: false);
-                var tmp = s.Tmp.AsSpan(0, F);
-                var z = s.Z.AsSpan(0, F);
-                var a = s.M.AsSpan(0, F);
-                var gate = s.M.AsSpan(F, F);
-                TensorPrimitives.Sigmoid(gate, tmp);
-                TensorPrimitives.Multiply(tmp, gate, tmp);
-                TensorPrimitives.Multiply(a, tmp, z);
-                Linear(bp.Down!, z, s.F, s.U, relu2: false);
-                TensorPrimitives.Add(s.X, s.F, s.X);
+                int r = bp.Proj.W1!.Rows;
+                TensorPrimitives.Add(sh.P[0].AsSpan(0, r), sh.P[1].AsSpan(0, r), s.U2.AsSpan(0, r));
+                projU = s.U2.AsSpan(0, r);
             }
+            if (ffn && bp.Down!.Factorized)
+            {
+                int r = bp.Down.W1!.Rows;
+                TensorPrimitives.Add(sh.P2[0].AsSpan(0, r), sh.P2[1].AsSpan(0, r), s.Ud.AsSpan(0, r));
+                downU = s.Ud.AsSpan(0, r);
+            }
+            for (int part = p0; part < p1; part++)
+            {
+                int c0 = _chans[part], c1 = _chans[part + 1], cw = c1 - c0;
+                if (cw == 0) continue;
+                var a = s.O.AsSpan(c0, cw);
+                var gt = s.O.AsSpan(C + c0, cw);
+                if (bp.Proj.Factorized)
+                {
+                    MatVecRows(bp.Proj.W2!, c0, cw, projU, a);
+                    MatVecRows(bp.Proj.W2!, C + c0, cw, projU, gt);
+                }
+                else
+                {
+                    TensorPrimitives.Add(sh.P[0].AsSpan(c0, cw), sh.P[1].AsSpan(c0, cw), a);
+                    TensorPrimitives.Add(sh.P[0].AsSpan(C + c0, cw), sh.P[1].AsSpan(C + c0, cw), gt);
+                }
+                var x = sh.X.AsSpan(c0, cw);
+                var t = s.Tmp.AsSpan(c0, cw);
+                TensorPrimitives.Sigmoid(gt, t);
+                TensorPrimitives.Multiply(t, gt, t);
+                TensorPrimitives.FusedMultiplyAdd(a, t, x, x);             // x += a·silu(g)
+                if (ffn)
+                {
+                    var f = s.F.AsSpan(c0, cw);
+                    if (bp.Down!.Factorized) MatVecRows(bp.Down.W2!, c0, cw, downU, f);
+                    else TensorPrimitives.Add(sh.P2[0].AsSpan(c0, cw), sh.P2[1].AsSpan(c0, cw), f);
+                    TensorPrimitives.Add(x, f, x);
+                }
+            }
+            team?.Barrier(tid);
         }
-        RmsNorm(s.X, s.Xf);
-        Linear(_p.Unembed, s.Xf, logits, s.U, relu2: false);
+
+        // Final norm and unembedding: each part writes its vocabulary rows.
+        TensorPrimitives.Multiply(sh.X, RmsScale(sh.X), s.Xf);
+        ReadOnlySpan<float> unIn = s.Xf;
+        var un = _p.Unembed;
+        if (un.Factorized)
+        {
+            var u = s.U.AsSpan(0, un.W1!.Rows);
+            MatVec(un.W1.Data, u.Length, C, s.Xf, u);
+            unIn = u;
+        }
+        var wUn = un.Factorized ? un.W2! : un.W!;
+        for (int part = p0; part < p1; part++)
+        {
+            int v0 = _vocab[part], v1 = _vocab[part + 1];
+            MatVecRows(wUn, v0, v1 - v0, unIn, new Span<float>(job.Logits + v0, v1 - v0));
+        }
+        // The caller returns (and may reuse the logits and state) only after both parts are done.
+        team?.Barrier(tid);
     }
 
-    private static void SwiGluAdd(float[] o, int C, float[] x, float[] tmp)
+    // q, k, v rows of heads [j0, j0 + w) / hd, then QK-norm, RoPE, gate, state update and mix.
+    private void AodPart(Scratch s, AodStateSet state, int app, int b, int j0, int w, ReadOnlySpan<float> qkvIn, ParamTensor wQkv)
     {
-        var a = o.AsSpan(0, C);
-        var g = o.AsSpan(C, C);
-        var t = tmp.AsSpan(0, C);
-        TensorPrimitives.Sigmoid(g, t);
-        TensorPrimitives.Multiply(t, g, t);
-        TensorPrimitives.FusedMultiplyAdd(a, t, x, x);
+        int D = _c.DQkv, hd = _c.HeadDim;
+        bool mean = _c.Mix == AodMix.Mean;
+        for (int seg = 0; seg < 3; seg++)
+            MatVecRows(wQkv, seg * D + j0, w, qkvIn, s.Qkv.AsSpan(seg * D + j0, w));
+        for (int hh = j0 / hd; hh < (j0 + w) / hd; hh++)
+        {
+            var qh = s.Qkv.AsSpan(hh * hd, hd);
+            var kh = s.Qkv.AsSpan(D + hh * hd, hd);
+            TensorPrimitives.Multiply(qh, RmsScale(qh), qh);
+            TensorPrimitives.Multiply(kh, RmsScale(kh), kh);
+            CpuOps.RopeInPlace(qh, s.Cos, s.Sin);
+            CpuOps.RopeInPlace(kh, s.Cos, s.Sin);
+        }
+        var q = s.Qkv.AsSpan(j0, w);
+        var k = s.Qkv.AsSpan(D + j0, w);
+        var v = s.Qkv.AsSpan(2 * D + j0, w);
+        var g = s.G.AsSpan(j0, w);
+        var y = s.Y.AsSpan(j0, w);
+        var S = state.S[app].AsSpan(b * D + j0, w);
+        TensorPrimitives.Sigmoid(k, g);
+        TensorPrimitives.FusedMultiplyAdd(g, v, S, S);    // S += g·v
+        TensorPrimitives.Max(q, 0f, y);                   // relu(q)
+        TensorPrimitives.Multiply(y, S, y);
+        if (mean)
+        {
+            var Z = state.Z![app].AsSpan(b * D + j0, w);
+            TensorPrimitives.Add(Z, g, Z);
+            TensorPrimitives.Divide(y, Z, y);
+        }
     }
 
-    private static void RmsNorm(ReadOnlySpan<float> x, Span<float> y)
+    // 1 / rms(x), summed in double over 64-float chunks (as the reference's tolerance assumes).
+    private static float RmsScale(ReadOnlySpan<float> x)
     {
         double ss = 0;
         for (int i = 0; i < x.Length; i += 64) ss += TensorPrimitives.SumOfSquares(x.Slice(i, Math.Min(64, x.Length - i)));
-        TensorPrimitives.Multiply(x, (float)(1.0 / Math.Sqrt(ss / x.Length + CpuOps.RmsEps)), y);
+        return (float)(1.0 / Math.Sqrt(ss / x.Length + CpuOps.RmsEps));
     }
 
-    private static void Linear(LinearParams p, ReadOnlySpan<float> x, Span<float> y, float[] u, bool relu2)
+    // y = rows [row0, row0 + y.Length) of W times x.
+    private static unsafe void MatVecRows(ParamTensor w, int row0, int n, ReadOnlySpan<float> x, Span<float> y)
     {
-        if (!p.Factorized) { MatVec(p.W!.Data, p.Out, p.In, x, y); return; }
-        int r = p.W1!.Rows;
-        var us = u.AsSpan(0, r);
-        MatVec(p.W1.Data, r, p.In, x, us);
-        if (relu2) { TensorPrimitives.Max(us, 0f, us); TensorPrimitives.Multiply(us, us, us); }
-        MatVec(p.W2!.Data, p.Out, r, us, y);
+        if (n == 0) return;
+        Debug.Assert(x.Length == w.Cols && row0 + n <= w.Rows);
+        fixed (float* pw = w.Data) fixed (float* px = x) fixed (float* py = y)
+            MatVec(pw + (long)row0 * w.Cols, w.Cols, n, w.Cols, px, py);
     }
 
-    /// <summary>y (n) = W (n, k) · x (k): four rows per pass share each load of x (16 lanes where AVX-512 runs, else 8).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    // y (Rows) = W[:, col0 .. col0 + x.Length) times x: a partial sum over a slice of the input.
+    private static unsafe void MatVecCols(ParamTensor w, int col0, int k, ReadOnlySpan<float> x, Span<float> y)
+    {
+        if (k == 0) { y.Clear(); return; }
+        Debug.Assert(x.Length == k && col0 + k <= w.Cols && y.Length == w.Rows);
+        fixed (float* pw = w.Data) fixed (float* px = x) fixed (float* py = y)
+            MatVec(pw + col0, w.Cols, w.Rows, k, px, py);
+    }
+
+    /// <summary>y (n) = W (n, k) · x (k), W row-major with rows of k floats.</summary>
     internal static unsafe void MatVec(float[] w, int n, int k, ReadOnlySpan<float> x, Span<float> y)
     {
+        if (w.Length < (long)n * k || x.Length < k || y.Length < n) throw new ArgumentException("matrix-vector shapes do not match");
         fixed (float* pw = w) fixed (float* px = x) fixed (float* py = y)
-        {
-            int i = 0;
-            if (Vector512.IsHardwareAccelerated && k >= 16)
-            {
-                int k16 = k & ~15;
-                for (; i + 4 <= n; i += 4)
-                {
-                    float* r0 = pw + (long)i * k, r1 = r0 + k, r2 = r1 + k, r3 = r2 + k;
-                    Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                    for (int p = 0; p < k16; p += 16)
-                    {
-                        var xv = Vector512.Load(px + p);
-                        a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + p), xv, a0);
-                        a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + p), xv, a1);
-                        a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + p), xv, a2);
-                        a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + p), xv, a3);
-                    }
-                    float s0 = Vector512.Sum(a0), s1 = Vector512.Sum(a1), s2 = Vector512.Sum(a2), s3 = Vector512.Sum(a3);
-                    for (int p = k16; p < k; p++) { float xp = px[p]; s0 += r0[p] * xp; s1 += r1[p] * xp; s2 += r2[p] * xp; s3 += r3[p] * xp; }
-                    py[i] = s0; py[i + 1] = s1; py[i + 2] = s2; py[i + 3] = s3;
-                }
-            }
-            else if (Vector256.IsHardwareAccelerated && k >= 8)
-            {
-                int k8 = k & ~7;
-                for (; i + 4 <= n; i += 4)
-                {
-                    float* r0 = pw + (long)i * k, r1 = r0 + k, r2 = r1 + k, r3 = r2 + k;
-                    Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                    for (int p = 0; p < k8; p += 8)
-                    {
-                        var xv = Vector256.Load(px + p);
-                        a0 = Vector256.FusedMultiplyAdd(Vector256.Load(r0 + p), xv, a0);
-                        a1 = Vector256.FusedMultiplyAdd(Vector256.Load(r1 + p), xv, a1);
-                        a2 = Vector256.FusedMultiplyAdd(Vector256.Load(r2 + p), xv, a2);
-                        a3 = Vector256.FusedMultiplyAdd(Vector256.Load(r3 + p), xv, a3);
-                    }
-                    float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-                    for (int p = k8; p < k; p++) { float xp = px[p]; s0 += r0[p] * xp; s1 += r1[p] * xp; s2 += r2[p] * xp; s3 += r3[p] * xp; }
-                    py[i] = s0; py[i + 1] = s1; py[i + 2] = s2; py[i + 3] = s3;
-                }
-            }
-            for (; i < n; i++) py[i] = Dot(pw + (long)i * k, px, k);
-        }
+            MatVec(pw, k, n, k, px, py);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe float Dot(float* a, float* b, int k) => TensorPrimitives.Dot(new ReadOnlySpan<float>(a, k), new ReadOnlySpan<float>(b, k));
+    /// <summary>
+    /// y (n) = W · x (k) where row i of W starts at w + i * ld: four rows per pass share each
+    /// load of x (16 lanes where AVX-512 runs, else 8). Each row's sum is formed the same way
+    /// whatever n is, up to which rows fall in the last n % 4.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void MatVec(float* pw, long ld, int n, int k, float* px, float* py)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated && k >= 16)
+        {
+            int k16 = k & ~15;
+            for (; i + 4 <= n; i += 4)
+            {
+                float* r0 = pw + i * ld, r1 = r0 + ld, r2 = r1 + ld, r3 = r2 + ld;
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int p = 0; p < k16; p += 16)
+                {
+                    var xv = Vector512.Load(px + p);
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + p), xv, a0);
+                    a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + p), xv, a1);
+                    a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + p), xv, a2);
+                    a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + p), xv, a3);
+                }
+                float s0 = Vector512.Sum(a0), s1 = Vector512.Sum(a1), s2 = Vector512.Sum(a2), s3 = Vector512.Sum(a3);
+                for (int p = k16; p < k; p++) { float xp = px[p]; s0 += r0[p] * xp; s1 += r1[p] * xp; s2 += r2[p] * xp; s3 += r3[p] * xp; }
+                py[i] = s0; py[i + 1] = s1; py[i + 2] = s2; py[i + 3] = s3;
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated && k >= 8)
+        {
+            int k8 = k & ~7;
+            for (; i + 4 <= n; i += 4)
+            {
+                float* r0 = pw + i * ld, r1 = r0 + ld, r2 = r1 + ld, r3 = r2 + ld;
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int p = 0; p < k8; p += 8)
+                {
+                    var xv = Vector256.Load(px + p);
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(r0 + p), xv, a0);
+                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(r1 + p), xv, a1);
+                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(r2 + p), xv, a2);
+                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(r3 + p), xv, a3);
+                }
+                float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+                for (int p = k8; p < k; p++) { float xp = px[p]; s0 += r0[p] * xp; s1 += r1[p] * xp; s2 += r2[p] * xp; s3 += r3[p] * xp; }
+                py[i] = s0; py[i + 1] = s1; py[i + 2] = s2; py[i + 3] = s3;
+            }
+        }
+        for (; i < n; i++) py[i] = TensorPrimitives.Dot(new ReadOnlySpan<float>(pw + i * ld, k), new ReadOnlySpan<float>(px, k));
+    }
+
+    /// <summary>Stops the second-core worker (if one started). Steps after this throw.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        // A step in flight holds the team; wait for it rather than pull the worker from under it.
+        var spin = new SpinWait();
+        while (Interlocked.CompareExchange(ref _teamBusy, 1, 0) != 0) spin.SpinOnce();
+        _team?.Dispose();
+        _scratch.Dispose();
+    }
+
+    /// <summary>
+    /// The caller plus one dedicated worker thread running part 1 of each batch-1 token. The
+    /// worker spins briefly between tokens (a generation loop comes back within microseconds)
+    /// and then sleeps on a semaphore, so an idle model costs no CPU. No locks on the hot path:
+    /// hand-off and barriers are monotonic counters on separate cache lines.
+    /// </summary>
+    private sealed class DecodeTeam : IDisposable
+    {
+        // How long an idle worker spins before it sleeps: longer than the host work between two
+        // tokens of a generation loop (sampling, streaming), short enough to be free when idle.
+        private static readonly long IdleSpinTicks = Stopwatch.Frequency / 1000;
+
+        private readonly FastCpuDecoder _owner;
+        private readonly Scratch _main, _worker;
+        private readonly Thread _thread;
+        private readonly SemaphoreSlim _wake = new(0);
+        private Job _job;
+        // Padded counters: [0] posted jobs, [8] worker barrier arrivals, [16] caller arrivals.
+        private readonly long[] _counters = new long[24];
+        private long _arrivals;          // the caller's own count (the worker keeps its own)
+        private int _sleeping, _stop;
+        private volatile Exception? _fault;
+
+        public DecodeTeam(FastCpuDecoder owner)
+        {
+            _owner = owner;
+            _main = new Scratch(owner._c);
+            _worker = new Scratch(owner._c);
+            _thread = new Thread(WorkerLoop) { IsBackground = true, Name = "palm-decode-part1" };
+            _thread.Start();
+        }
+
+        public void Run(in Job job)
+        {
+            if (_fault is { } f) throw new InvalidOperationException("the decode worker failed", f);
+            _job = job;
+            Interlocked.Increment(ref _counters[0]);       // full fence: the job is visible first
+            if (Volatile.Read(ref _sleeping) != 0) _wake.Release();
+            _owner.Run(in _job, _main, _main, 0, 1, this, 0);
+        }
+
+        /// <summary>Both threads call this the same number of times per token.</summary>
+        public void Barrier(int tid)
+        {
+            long mine, other;
+            if (tid == 0) { mine = ++_arrivals; Volatile.Write(ref _counters[16], mine); other = 8; }
+            else { mine = Volatile.Read(ref _counters[8]) + 1; Volatile.Write(ref _counters[8], mine); other = 16; }
+            int spins = 0;
+            while (Volatile.Read(ref _counters[other]) < mine)
+            {
+                if (_fault is { } f) throw new InvalidOperationException("the decode worker failed", f);
+                if (Volatile.Read(ref _stop) != 0 && tid == 1) throw new OperationCanceledException();
+                if (++spins < 4096) Thread.SpinWait(1);
+                else Thread.Yield();   // the other thread was descheduled: give the core back
+            }
+        }
+
+        private void WorkerLoop()
+        {
+            long seen = 0;
+            try
+            {
+                while (true)
+                {
+                    long start = Stopwatch.GetTimestamp();
+                    int spins = 0;
+                    while (Volatile.Read(ref _counters[0]) == seen)
+                    {
+                        if (Volatile.Read(ref _stop) != 0) return;
+                        if (++spins < 64 || Stopwatch.GetTimestamp() - start < IdleSpinTicks) { Thread.SpinWait(8); continue; }
+                        Interlocked.Exchange(ref _sleeping, 1);      // full fence before the re-check
+                        if (Volatile.Read(ref _counters[0]) == seen && Volatile.Read(ref _stop) == 0) _wake.Wait();
+                        Interlocked.Exchange(ref _sleeping, 0);
+                        start = Stopwatch.GetTimestamp();
+                        spins = 0;
+                    }
+                    seen++;
+                    _owner.Run(in _job, _worker, _main, 1, 2, this, 1);
+                }
+            }
+            catch (OperationCanceledException) { }
+            catch (Exception e) { _fault = e; }
+        }
+
+        public void Dispose()
+        {
+            Interlocked.Exchange(ref _stop, 1);
+            _wake.Release();
+            _thread.Join();
+            _wake.Dispose();
+        }
+    }
 }

@@ -17,10 +17,10 @@ public static class ModelBench
 {
     public sealed record Row(string Backend, string What, double TokensPerSecond, double MedianMs, int Reps);
 
-    /// <summary>Usage: <c>[--config small] [--reps 7] [--warmup 2] [--no-peer] [--write PATH]</c>.</summary>
+    /// <summary>Usage: <c>[--config small] [--reps 7] [--warmup 2] [--no-peer] [--decode-only] [--write PATH]</c>.</summary>
     public static int Run(string[] args)
     {
-        string preset = "small"; int reps = 7, warmup = 2; bool peer = true; string? write = null;
+        string preset = "small"; int reps = 7, warmup = 2; bool peer = true, decodeOnly = false; string? write = null;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -29,8 +29,9 @@ public static class ModelBench
                 case "--reps" when i + 1 < args.Length: reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--warmup" when i + 1 < args.Length: warmup = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-peer": peer = false; break;
+                case "--decode-only": decodeOnly = true; break;
                 case "--write" when i + 1 < args.Length: write = args[++i]; break;
-                default: Console.Error.WriteLine($"model bench: unknown argument '{args[i]}'. Usage: [--config small] [--reps 7] [--warmup 2] [--no-peer] [--write PATH]"); return 2;
+                default: Console.Error.WriteLine($"model bench: unknown argument '{args[i]}'. Usage: [--config small] [--reps 7] [--warmup 2] [--no-peer] [--decode-only] [--write PATH]"); return 2;
             }
         }
         var config = PalmConfig.Preset(preset);
@@ -46,34 +47,38 @@ public static class ModelBench
         var rows = new List<Row>();
         int tokens = batch * t;
         var fastModel = new FastCpuModel(p);
-        var fastTrain = new FastCpuBackward(p);
-        rows.Add(Time("csharp-cpu-fast", "forward", tokens, warmup, reps, () => CpuOps.CrossEntropy(fastModel.Forward(x, batch, t).AsSpan(0, tokens * V), y, V)));
-        rows.Add(Time("csharp-cpu-reference", "forward", tokens, warmup, reps, () => CpuOps.CrossEntropy(model.Forward(x, batch, t), y, V)));
-        var state = OptimizerState.For(p);
-        long step = 0;
-        var fastState = OptimizerState.For(p);
-        var fastOpt = new FastOptimizer(p);
-        long fastStep = 0;
-        rows.Add(Time("csharp-cpu-fast", "train", tokens, warmup, reps, () =>
+        if (!decodeOnly)
         {
-            fastTrain.LossAndGradients(x, y, batch, t);
-            fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(fastStep) }, ++fastStep);
-        }));
-        // Where a fast step's time goes: forward+backward, and the optimizer alone.
-        var fb = Time("csharp-cpu-fast", "fwd+bwd", tokens, 1, reps, () => fastTrain.LossAndGradients(x, y, batch, t));
-        var opt = Time("csharp-cpu-fast", "optim", tokens, 1, reps, () => fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper(), ++fastStep));
-        Console.WriteLine($"  fast train step split: forward+backward {fb.MedianMs:F1} ms, optimizer {opt.MedianMs:F1} ms");
-        rows.Add(Time("csharp-cpu-reference", "train", tokens, warmup, Math.Min(reps, 3), () =>
-        {
-            var (_, g) = ReferenceBackward.LossAndGradients(model, x, y, batch, t);
-            ReferenceOptimizer.Step(p, g, state, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(step) }, ++step);
-        }));
+            var fastTrain = new FastCpuBackward(p);
+            rows.Add(Time("csharp-cpu-fast", "forward", tokens, warmup, reps, () => CpuOps.CrossEntropy(fastModel.Forward(x, batch, t).AsSpan(0, tokens * V), y, V)));
+            rows.Add(Time("csharp-cpu-reference", "forward", tokens, warmup, reps, () => CpuOps.CrossEntropy(model.Forward(x, batch, t), y, V)));
+            var state = OptimizerState.For(p);
+            long step = 0;
+            var fastState = OptimizerState.For(p);
+            var fastOpt = new FastOptimizer(p);
+            long fastStep = 0;
+            rows.Add(Time("csharp-cpu-fast", "train", tokens, warmup, reps, () =>
+            {
+                fastTrain.LossAndGradients(x, y, batch, t);
+                fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(fastStep) }, ++fastStep);
+            }));
+            // Where a fast step's time goes: forward+backward, and the optimizer alone.
+            var fb = Time("csharp-cpu-fast", "fwd+bwd", tokens, 1, reps, () => fastTrain.LossAndGradients(x, y, batch, t));
+            var opt = Time("csharp-cpu-fast", "optim", tokens, 1, reps, () => fastOpt.Step(p, fastTrain.Grads, fastState, new StepHyper(), ++fastStep));
+            Console.WriteLine($"  fast train step split: forward+backward {fb.MedianMs:F1} ms, optimizer {opt.MedianMs:F1} ms");
+            rows.Add(Time("csharp-cpu-reference", "train", tokens, warmup, Math.Min(reps, 3), () =>
+            {
+                var (_, g) = ReferenceBackward.LossAndGradients(model, x, y, batch, t);
+                ReferenceOptimizer.Step(p, g, state, new StepHyper { MuonBeta = ReferenceOptimizer.MuonBeta(step) }, ++step);
+            }));
+        }
 
         // Batch-1 generation the peer's way: parallel prefill of a 32-token prompt (which yields
         // the first new token), then greedy O(1) steps until 256 new tokens exist.
         const int Prompt = 32, NewTokens = 256, PrefillLen = 256;
         var prompt = Enumerable.Range(0, Prompt).Select(_ => rng.NextInt(V)).ToArray();
-        var fast = new FastCpuDecoder(p);
+        using var fast = new FastCpuDecoder(p);
+        using var fastOne = new FastCpuDecoder(p, threads: 1);
         int Generate(Action<int[], AodStateSet, float[]> step, bool fastPrefill)
         {
             var st = new AodStateSet(config, 1);
@@ -86,15 +91,19 @@ public static class ModelBench
             return tok;
         }
         rows.Add(Time("csharp-cpu-fast", "decode", NewTokens, 1, reps, () => Generate((t, s, l) => fast.Step(t, s, l), true)));
+        rows.Add(Time("csharp-cpu-fast-1core", "decode", NewTokens, 1, reps, () => Generate((t, s, l) => fastOne.Step(t, s, l), true)));
         rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l), false)));
-        var longPrompt = Enumerable.Range(0, PrefillLen).Select(_ => rng.NextInt(V)).ToArray();
-        rows.Add(Time("csharp-cpu-fast", "prefill", PrefillLen, warmup, reps, () => fastModel.Forward(longPrompt, 1, PrefillLen, new AodStateSet(config, 1), lastOnly: true)));
-        rows.Add(Time("csharp-cpu-reference", "prefill", PrefillLen, warmup, reps, () => model.Forward(longPrompt, 1, PrefillLen, new AodStateSet(config, 1))));
+        if (!decodeOnly)
+        {
+            var longPrompt = Enumerable.Range(0, PrefillLen).Select(_ => rng.NextInt(V)).ToArray();
+            rows.Add(Time("csharp-cpu-fast", "prefill", PrefillLen, warmup, reps, () => fastModel.Forward(longPrompt, 1, PrefillLen, new AodStateSet(config, 1), lastOnly: true)));
+            rows.Add(Time("csharp-cpu-reference", "prefill", PrefillLen, warmup, reps, () => model.Forward(longPrompt, 1, PrefillLen, new AodStateSet(config, 1))));
+        }
         foreach (var r in rows) Console.WriteLine($"  {r.Backend,-22} {r.What,-8} {r.TokensPerSecond,10:F0} tok/s  median {r.MedianMs,8:F1} ms ({r.Reps} reps)");
         Console.WriteLine($"  load after: {GemmBench.LoadAverage()}");
         DecodeRoofline(config, p, rows.First(r => r.Backend == "csharp-cpu-fast" && r.What == "decode").TokensPerSecond);
 
-        if (peer) rows.AddRange(RunPeer(preset));
+        if (peer) rows.AddRange(RunPeer(preset, decodeOnly ? "decode" : "train,forward,decode,decode_full"));
         var table = Table(preset, rows);
         Console.WriteLine();
         Console.WriteLine(table);
@@ -144,11 +153,11 @@ public static class ModelBench
     }
 
     /// <summary>Runs the PyTorch peer with --json; rows it prints become peer rows.</summary>
-    private static IEnumerable<Row> RunPeer(string preset)
+    private static IEnumerable<Row> RunPeer(string preset, string what)
     {
         var script = FindPeerScript();
         if (script is null) { Console.WriteLine("peer: ../shared/bench/torch_palm_bench.py not found; skipped"); return []; }
-        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "--config", preset, "--what", "train,forward,decode,decode_full", "--json", "--threads", "2"])
+        var psi = new ProcessStartInfo("/usr/bin/python3", [script, "--config", preset, "--what", what, "--json", "--threads", "2"])
         { RedirectStandardOutput = true, RedirectStandardError = true };
         Console.WriteLine($"peer: {string.Join(' ', psi.ArgumentList)}");
         Process? proc;

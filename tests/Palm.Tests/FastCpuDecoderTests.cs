@@ -14,7 +14,7 @@ public class FastCpuDecoderTests
     public void MatchesGoldenLogits(string file)
     {
         var g = GoldenCase.Load(file);
-        var fast = new FastCpuDecoder(g.ToParameters());
+        using var fast = new FastCpuDecoder(g.ToParameters());
         int B = g.B, T = g.T, V = g.Config.VocabSize;
         var state = new AodStateSet(g.Config, B);
         var got = new float[B * T * V];
@@ -35,7 +35,7 @@ public class FastCpuDecoderTests
         var rng = new Rng(seed);
         var p = ReferenceModelTests.RandomParams(c, rng);
         var reference = new CpuReferenceModel(p);
-        var fast = new FastCpuDecoder(p);
+        using var fast = new FastCpuDecoder(p);
         int B = 2, V = c.VocabSize;
         var sr = new AodStateSet(c, B);
         var sf = new AodStateSet(c, B);
@@ -51,5 +51,94 @@ public class FastCpuDecoderTests
         }
         for (int a = 0; a < c.Applications; a++) Numerics.AssertClose(sf.S[a], sr.S[a], 2e-3, 2e-3, $"seed {seed} state S app {a}");
         Assert.Equal(sr.Position, sf.Position);
+    }
+}
+
+public class FastCpuDecoderTwoCoreTests
+{
+    public static TheoryData<string> Configs => ReferenceModelTests.Configs;
+
+    private static PalmConfig SmallShaped() => PalmConfig.Preset("small") with { VocabSize = 300, NLayer = 2 };
+
+    /// <summary>
+    /// Batch-1 steps split over two threads must give the very same bits as one thread running
+    /// both parts: the API promises the same text for the same seed whether a session decodes
+    /// alone (two cores) or batched (one core per sequence).
+    /// </summary>
+    [Theory, MemberData(nameof(Configs))]
+    [InlineData("small-shaped")]
+    public void TwoThreadsAreBitIdenticalToOneAndMatchTheReference(string config)
+    {
+        ulong seed = TestSeed.Next();
+        var c = config == "small-shaped" ? SmallShaped() : ReferenceModelTests.Make(config);
+        var rng = new Rng(seed);
+        var p = ReferenceModelTests.RandomParams(c, rng);
+        var reference = new CpuReferenceModel(p);
+        using var two = new FastCpuDecoder(p, threads: 2);
+        using var one = new FastCpuDecoder(p, threads: 1);
+        int V = c.VocabSize;
+        var s2 = new AodStateSet(c, 1);
+        var s1 = new AodStateSet(c, 1);
+        var sr = new AodStateSet(c, 1);
+        var l2 = new float[V];
+        var l1 = new float[V];
+        var lr = new float[V];
+        for (int t = 0; t < 24; t++)
+        {
+            var tok = new[] { rng.NextInt(V) };
+            two.Step(tok, s2, l2);
+            one.Step(tok, s1, l1);
+            reference.Step(tok, sr, lr);
+            for (int i = 0; i < V; i++)
+                Assert.True(BitConverter.SingleToInt32Bits(l1[i]) == BitConverter.SingleToInt32Bits(l2[i]),
+                    $"seed {seed} {config} t={t}: logit {i} is {l2[i]:R} on two threads, {l1[i]:R} on one");
+            Numerics.AssertClose(l2, lr, 2e-3, 2e-3, $"seed {seed} {config} t={t} against the reference");
+        }
+        for (int a = 0; a < c.Applications; a++)
+        {
+            Assert.Equal(s1.S[a], s2.S[a]);
+            if (s1.Z is not null) Assert.Equal(s1.Z[a], s2.Z![a]);
+        }
+        if (Environment.ProcessorCount >= 2) Assert.Equal(24, two.TeamSteps);
+        Assert.Equal(0, one.TeamSteps);
+    }
+
+    [Fact]
+    public void ConcurrentBatchOneCallersShareTheTeamSafely()
+    {
+        // Several threads stepping their own sequences through one decoder: one of them gets the
+        // team at a time, the others run alone; every sequence must equal its solo run.
+        ulong seed = TestSeed.Next();
+        var c = SmallShaped();
+        var rng = new Rng(seed);
+        var p = ReferenceModelTests.RandomParams(c, rng);
+        using var dec = new FastCpuDecoder(p, threads: 2);
+        using var solo = new FastCpuDecoder(p, threads: 1);
+        const int Seqs = 4, Steps = 16;
+        var toks = Enumerable.Range(0, Seqs).Select(_ => Enumerable.Range(0, Steps).Select(_ => rng.NextInt(c.VocabSize)).ToArray()).ToArray();
+        float[][] Run(FastCpuDecoder d, int s)
+        {
+            var st = new AodStateSet(c, 1);
+            var outp = new float[Steps][];
+            for (int t = 0; t < Steps; t++) { outp[t] = new float[c.VocabSize]; d.Step(toks[s].AsSpan(t, 1), st, outp[t]); }
+            return outp;
+        }
+        var together = new float[Seqs][][];
+        Parallel.For(0, Seqs, new ParallelOptions { MaxDegreeOfParallelism = Seqs }, s => together[s] = Run(dec, s));
+        for (int s = 0; s < Seqs; s++)
+        {
+            var alone = Run(solo, s);
+            for (int t = 0; t < Steps; t++) Assert.Equal(alone[t], together[s][t]);
+        }
+    }
+
+    [Fact]
+    public void StepAfterDisposeThrows()
+    {
+        var c = ReferenceModelTests.Make("rank-mean-seq");
+        var dec = new FastCpuDecoder(ReferenceModelTests.RandomParams(c, new Rng(1)), threads: 2);
+        dec.Step([1], new AodStateSet(c, 1), new float[c.VocabSize]);
+        dec.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => dec.Step([1], new AodStateSet(c, 1), new float[c.VocabSize]));
     }
 }

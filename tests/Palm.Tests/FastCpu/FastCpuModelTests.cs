@@ -34,7 +34,7 @@ public class FastCpuModelTests(ITestOutputHelper output)
         var rng = new Rng(seed);
         var p = ReferenceModelTests.RandomParams(c, rng);
         var reference = new CpuReferenceModel(p);
-        var fast = new FastCpuDecoder(p);
+        using var fast = new FastCpuDecoder(p);
         int V = c.VocabSize;
         var sr = new AodStateSet(c, 1);
         var sf = new AodStateSet(c, 1);

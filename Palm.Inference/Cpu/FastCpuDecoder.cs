@@ -36,6 +36,7 @@ internal sealed class FastCpuDecoder : IDisposable
     private int _teamBusy;
     private bool _disposed;
     private long _teamSteps;
+    private readonly TeamPolicy _policy = new();
 
     /// <param name="parameters">The weights (read, never written).</param>
     /// <param name="threads">1 keeps every step on the caller's thread; 2 lets batch-1 steps use a
@@ -56,6 +57,9 @@ internal sealed class FastCpuDecoder : IDisposable
     }
 
     public PalmConfig Config => _c;
+
+    /// <summary>False: every batch-1 step that can uses both cores (tests of the two-core path).</summary>
+    internal bool AdaptiveTeam { get; set; } = true;
 
     /// <summary>Batch-1 steps that ran on two cores (tests check the team really ran).</summary>
     internal long TeamSteps => Interlocked.Read(ref _teamSteps);
@@ -111,7 +115,15 @@ internal sealed class FastCpuDecoder : IDisposable
         {
             if (bothCores && _useTeam && Interlocked.CompareExchange(ref _teamBusy, 1, 0) == 0)
             {
-                try { RunTeam(tokens[0], state, logits[..V]); }
+                // Holding _teamBusy: the policy fields below are ours alone.
+                try
+                {
+                    bool team = !AdaptiveTeam || _policy.UseTeam();
+                    long t0 = Stopwatch.GetTimestamp();
+                    if (team) RunTeam(tokens[0], state, logits[..V]);
+                    else StepAlone(tokens[0], state, 0, logits[..V]);
+                    _policy.Record(team, Stopwatch.GetTimestamp() - t0);
+                }
                 finally { Volatile.Write(ref _teamBusy, 0); }
             }
             else StepAlone(tokens[0], state, 0, logits[..V]);
@@ -434,6 +446,48 @@ internal sealed class FastCpuDecoder : IDisposable
             }
         }
         for (; i < n; i++) py[i] = TensorPrimitives.Dot(new ReadOnlySpan<float>(pw + i * ld, k), new ReadOnlySpan<float>(px, k));
+    }
+
+    /// <summary>
+    /// Two cores help only while the second one is really ours: on a loaded machine (a game's
+    /// own threads, other processes) the worker gets descheduled and every barrier waits for a
+    /// time slice (measured: 3-7x slower than one core under load). So the policy times the mode
+    /// it prefers (moving average of step time) and now and then probes the other for four steps;
+    /// the probe's mean must beat the average by 10% to switch (means, not minima: a descheduled
+    /// worker's cost is in the tail). A losing probe doubles the gap to the next one (32 up to 8,192 steps), so
+    /// a bad mode costs little once found. The logits are identical in both modes.
+    /// </summary>
+    private sealed class TeamPolicy
+    {
+        private const int FirstGap = 32, MaxGap = 8192, ProbeSteps = 4;
+        private bool _preferTeam = true, _teamStarted;
+        private double _avg;                // ticks per step of the preferred mode; 0 = unmeasured
+        private long _steps, _nextProbe = 2, _gap = FirstGap, _probeSum;
+        private int _probeLeft;
+
+        public bool UseTeam()
+        {
+            if (_probeLeft == 0 && _steps >= _nextProbe) { _probeLeft = ProbeSteps; _probeSum = 0; }
+            _steps++;
+            return _probeLeft > 0 ? !_preferTeam : _preferTeam;
+        }
+
+        public void Record(bool team, long ticks)
+        {
+            // A team's first step starts its thread: not a step time.
+            if (team && !_teamStarted) { _teamStarted = true; return; }
+            if (team == _preferTeam && _probeLeft == 0)
+            {
+                _avg = _avg == 0 ? ticks : _avg + (ticks - _avg) / 8;
+                return;
+            }
+            _probeSum += ticks;
+            if (--_probeLeft > 0) return;
+            double mean = (double)_probeSum / ProbeSteps;
+            if (_avg == 0 || mean < 0.9 * _avg) { _preferTeam = !_preferTeam; _avg = mean; _gap = FirstGap; }
+            else _gap = Math.Min(2 * _gap, MaxGap);
+            _nextProbe = _steps + _gap;
+        }
     }
 
     /// <summary>Stops the second-core worker (if one started). Steps after this throw.</summary>

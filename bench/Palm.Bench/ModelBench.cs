@@ -91,6 +91,7 @@ public static class ModelBench
             return tok;
         }
         rows.Add(Time("csharp-cpu-fast", "decode", NewTokens, 1, reps, () => Generate((t, s, l) => fast.Step(t, s, l), true)));
+        Console.WriteLine($"  two-core decoder: {fast.TeamSteps} of its batch-1 steps ran on both cores (the rest on one: adaptive)");
         rows.Add(Time("csharp-cpu-fast-1core", "decode", NewTokens, 1, reps, () => Generate((t, s, l) => fastOne.Step(t, s, l), true)));
         rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l), false)));
         if (!decodeOnly)

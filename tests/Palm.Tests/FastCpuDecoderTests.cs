@@ -74,7 +74,7 @@ public class FastCpuDecoderTwoCoreTests
         var rng = new Rng(seed);
         var p = ReferenceModelTests.RandomParams(c, rng);
         var reference = new CpuReferenceModel(p);
-        using var two = new FastCpuDecoder(p, threads: 2);
+        using var two = new FastCpuDecoder(p, threads: 2) { AdaptiveTeam = false };
         using var one = new FastCpuDecoder(p, threads: 1);
         int V = c.VocabSize;
         var s2 = new AodStateSet(c, 1);
@@ -112,7 +112,7 @@ public class FastCpuDecoderTwoCoreTests
         var c = SmallShaped();
         var rng = new Rng(seed);
         var p = ReferenceModelTests.RandomParams(c, rng);
-        using var dec = new FastCpuDecoder(p, threads: 2);
+        using var dec = new FastCpuDecoder(p, threads: 2) { AdaptiveTeam = false };
         using var solo = new FastCpuDecoder(p, threads: 1);
         const int Seqs = 4, Steps = 16;
         var toks = Enumerable.Range(0, Seqs).Select(_ => Enumerable.Range(0, Steps).Select(_ => rng.NextInt(c.VocabSize)).ToArray()).ToArray();
@@ -130,6 +130,31 @@ public class FastCpuDecoderTwoCoreTests
             var alone = Run(solo, s);
             for (int t = 0; t < Steps; t++) Assert.Equal(alone[t], together[s][t]);
         }
+    }
+
+    [Fact]
+    public void AdaptivePolicyMeasuresBothModesAndKeepsTheText()
+    {
+        // The policy may switch modes at any step; the text must not notice.
+        ulong seed = TestSeed.Next();
+        var c = SmallShaped();
+        var rng = new Rng(seed);
+        var p = ReferenceModelTests.RandomParams(c, rng);
+        using var adaptive = new FastCpuDecoder(p, threads: 2);
+        using var one = new FastCpuDecoder(p, threads: 1);
+        var sa = new AodStateSet(c, 1);
+        var s1 = new AodStateSet(c, 1);
+        var la = new float[c.VocabSize];
+        var l1 = new float[c.VocabSize];
+        for (int t = 0; t < 300; t++)
+        {
+            var tok = new[] { rng.NextInt(c.VocabSize) };
+            adaptive.Step(tok, sa, la);
+            one.Step(tok, s1, l1);
+            Assert.Equal(l1, la);
+        }
+        // Both modes were timed: the team (first steps, then at least one probe) and not only it.
+        if (Environment.ProcessorCount >= 2) Assert.InRange(adaptive.TeamSteps, 2, 299);
     }
 
     [Fact]

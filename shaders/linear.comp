@@ -1,6 +1,8 @@
 // linear: y(M, N) = x(M, K) . W(N, K)^T, optionally with relu2 fused on the output (-D RELU2).
 // -D Q8 / -D Q4: W arrives quantized (the .palm layout, see Palm.Inference QuantizedTensor) and is
 // dequantized element by element while the tile is loaded; no float copy of W exists anywhere.
+// -D F16: W arrives as IEEE half floats (half the bytes of f32; accumulation stays f32). Halves are
+// read in pairs from 32-bit words, so no 16-bit storage feature is needed: any Vulkan 1.2 device.
 // Both operands are K-contiguous (torch's linear layout), so every tile load below reads
 // consecutive k from consecutive invocations: coalesced on real GPUs.
 // Each workgroup owns a BM x BN block of y and walks K in BK steps through shared memory;
@@ -51,10 +53,14 @@ layout(push_constant) uniform LinearPush {
 } p;
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };   // (M, K)
+#ifdef F16
+layout(std430, binding = 1) readonly buffer W { uint w2[]; };   // (N, K) halves, element 2j low
+float load_w(uint i) { return unpackHalf2x16(w2[i >> 1])[i & 1u]; }
+#else
 layout(std430, binding = 1) readonly buffer W { float w[]; };   // (N, K)
-layout(std430, binding = 2) writeonly buffer Y { float y[]; };  // (M, N)
-
 float load_w(uint i) { return w[i]; }
+#endif
+layout(std430, binding = 2) writeonly buffer Y { float y[]; };  // (M, N)
 #endif
 
 // Stored k-major ([k][m]) so the inner product loop reads RM (RN) neighbours per k.

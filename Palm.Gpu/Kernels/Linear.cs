@@ -1,6 +1,6 @@
 // linear: y(M, N) = x(M, K) . W(N, K)^T, optionally relu2(y) (the QKV factorised linear puts
-// relu2 between its factors). GPU wrapper for shaders/linear.comp (f32 weights, or q8/q4 weights
-// dequantized in the kernel) and its CPU references.
+// relu2 between its factors). GPU wrapper for shaders/linear.comp (f32 or f16 weights, or q8/q4
+// weights dequantized in the kernel) and its CPU references. x and y are always f32.
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Palm.Gpu.Vulkan;
@@ -48,16 +48,17 @@ internal static class Linear
         return t.Threads <= caps.MaxWorkgroupInvocations && t.SharedBytes <= caps.MaxSharedMemoryBytes ? t : Small;
     }
 
-    /// <summary>Records y = x W^T (relu2 fused when asked). x (M, K), w (N, K), y (M, N), all f32.</summary>
+    /// <summary>Records y = x W^T (relu2 fused when asked). x (M, K) f32, w (N, K) f32 or f16, y (M, N) f32.</summary>
     public static void Record(CommandRecorder rec, VulkanContext ctx, GpuTensor x, GpuTensor w, bool relu2, GpuTensor y, Tile? tile = null)
     {
         var (m, k) = Matrix(x, nameof(x));
-        var (n, kw) = Matrix(w, nameof(w));
+        var (n, kw) = Matrix(w, nameof(w), allowF16: true);
         var (my, ny) = Matrix(y, nameof(y));
         if (kw != k || my != m || ny != n)
             throw new ArgumentException($"linear shapes disagree: x {x}, w {w}, y {y}");
         var t = tile ?? ChooseTile(m, ctx.Capabilities);
-        var pipeline = ctx.Pipelines.Get(relu2 ? "linear_relu2" : "linear", 3, (uint)Marshal.SizeOf<LinearPush>(),
+        var shader = (w.DType == GpuDType.F16 ? "linear_f16" : "linear") + (relu2 ? "_relu2" : "");
+        var pipeline = ctx.Pipelines.Get(shader, 3, (uint)Marshal.SizeOf<LinearPush>(),
             t.BM, t.BN, t.BK, t.RM, t.RN, t.Threads);
         var push = new LinearPush { M = (uint)m, N = (uint)n, K = (uint)k };
         rec.Dispatch(pipeline, [Binding.In(x), Binding.In(w), Binding.Out(y)], push,
@@ -79,10 +80,10 @@ internal static class Linear
             Grid.CeilDiv(w.Rows, t.BN), Grid.CeilDiv(m, t.BM));
     }
 
-    static (int Rows, int Cols) Matrix(GpuTensor t, string name)
+    static (int Rows, int Cols) Matrix(GpuTensor t, string name, bool allowF16 = false)
     {
-        if (t.DType != GpuDType.F32 || t.Shape.Length != 2)
-            throw new ArgumentException($"{name} must be a 2D f32 tensor, got {t}", name);
+        if (!(t.DType == GpuDType.F32 || (allowF16 && t.DType == GpuDType.F16)) || t.Shape.Length != 2)
+            throw new ArgumentException($"{name} must be a 2D {(allowF16 ? "f32 or f16" : "f32")} tensor, got {t}", name);
         return (t.Shape[0], t.Shape[1]);
     }
 
@@ -105,6 +106,17 @@ internal static class Linear
                 y[m * N + n] = acc;
             }
         }
+    }
+
+    /// <summary>
+    /// CPU reference of the f16-weight kernel: W rounded to half precision (as the upload does),
+    /// products and sums in f32, relu2 if asked.
+    /// </summary>
+    public static void ReferenceF16(ReadOnlySpan<float> x, ReadOnlySpan<float> w, int M, int N, int K, bool relu2, Span<float> y)
+    {
+        var wh = new float[w.Length];
+        for (var i = 0; i < w.Length; i++) wh[i] = (float)(Half)w[i];
+        Reference(x, wh, M, N, K, relu2, y);
     }
 
     /// <summary>

@@ -15,6 +15,13 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
     protected override void LinearQuantized(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2, float[] y) =>
         Kernels.Linear.QuantizedReference(x, GpuFormat(w), w.Data.Span, w.Scales.Span, w.GroupSize, M, N, K, relu2, y);
 
+    protected override void LinearF16(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y) =>
+        Kernels.Linear.ReferenceF16(x, w, M, N, K, relu2, y);
+
+    /// <summary>Float64 over the weights rounded to half by .NET's own conversion.</summary>
+    protected override double[] LinearF16Expected(float[] x, float[] w, int M, int N, int K, bool relu2) =>
+        LinearExpected(x, Array.ConvertAll(w, v => (float)(Half)v), M, N, K, relu2);
+
     internal static GpuQuantFormat GpuFormat(QuantizedTensor w) => w.DType == TensorDType.Q8 ? GpuQuantFormat.Q8 : GpuQuantFormat.Q4;
 
     /// <summary>Float64 over the weights as Palm.Inference decodes them: the kernel's own byte decoding is checked against it.</summary>

@@ -26,6 +26,8 @@ public abstract class KernelConformance
     protected abstract void Linear(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y);
     /// <summary>y = x Wᵀ with W (N, K) quantized (q8 or q4), dequantized by the kernel.</summary>
     protected abstract void LinearQuantized(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2, float[] y);
+    /// <summary>y = x W^T with W held in half precision (the f16 weight variant).</summary>
+    protected abstract void LinearF16(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y);
     protected abstract void RmsNorm(float[] x, int rows, int cols, float[] y);
     protected abstract void Embedding(int[] idx, float[] table, int V, int C, float[] y);
     /// <summary>qkv (B*T, 3D), cos/sin (T, hd/2); s, z (B, D) in/out (z null for sum mixing); y (B*T, D).</summary>
@@ -38,6 +40,7 @@ public abstract class KernelConformance
     // The oracle for this backend.
     protected abstract double[] LinearExpected(float[] x, float[] w, int M, int N, int K, bool relu2);
     protected abstract double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2);
+    protected abstract double[] LinearF16Expected(float[] x, float[] w, int M, int N, int K, bool relu2);
     protected abstract double[] RmsNormExpected(float[] x, int rows, int cols);
     protected abstract double[] EmbeddingExpected(int[] idx, float[] table, int V, int C);
     /// <summary>y (B*T, D) and the states after the tokens (unchanged inputs when !hasState).</summary>
@@ -64,6 +67,23 @@ public abstract class KernelConformance
         Linear(x, w, M, N, K, relu2, y);
         var expected = LinearExpected(x, w, M, N, K, relu2);
         Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol, $"linear M={M} N={N} K={K} relu2={relu2}", Seed, N);
+    }
+
+    [ConformanceTheory]
+    [InlineData(1, 1, 1, false)]
+    [InlineData(1, 7, 13, true)]        // decoding row, odd K: halves of one row straddle words
+    [InlineData(1, 257, 64, false)]     // N past one few-rows tile
+    [InlineData(65, 129, 33, true)]     // past the large tile in M and N, K not a multiple of BK
+    [InlineData(3, 5, 1, false)]        // K = 1
+    public void LinearF16_matches_reference(int M, int N, int K, bool relu2)
+    {
+        // Weights beyond half's normal range would test the rounding, not the kernel: [-1, 1].
+        var w = Uniform(N * K);
+        var x = Uniform(M * K);
+        var y = Poisoned(M * N);
+        LinearF16(x, w, M, N, K, relu2, y);
+        var expected = LinearF16Expected(x, w, M, N, K, relu2);
+        Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol, $"linear f16 M={M} N={N} K={K} relu2={relu2}", Seed, N);
     }
 
     [ConformanceTheory]

@@ -49,6 +49,21 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         Run(y, ty, rec => Kernels.Linear.RecordQuantized(rec, Ctx, tx, tw, relu2, ty));
     }
 
+    protected override void LinearF16(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y)
+    {
+        using var tx = Ctx.CreateTensor(x, GpuDType.F32, M, K);
+        using var tw = Ctx.CreateTensor(w, GpuDType.F16, N, K);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, M, N);
+        Run(y, ty, rec => Kernels.Linear.Record(rec, Ctx, tx, tw, relu2, ty));
+    }
+
+    protected override double[] LinearF16Expected(float[] x, float[] w, int M, int N, int K, bool relu2)
+    {
+        var y = new float[M * N];
+        Kernels.Linear.ReferenceF16(x, w, M, N, K, relu2, y);
+        return D2(y);
+    }
+
     protected override double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2)
     {
         var y = new float[M * N];

@@ -167,3 +167,29 @@ public class FastCpuDecoderTwoCoreTests
         Assert.Throws<ObjectDisposedException>(() => dec.Step([1], new AodStateSet(c, 1), new float[c.VocabSize]));
     }
 }
+
+public class FastCpuMatVecTests
+{
+    [Theory]
+    [InlineData(1, 1)]
+    [InlineData(15, 16)]
+    [InlineData(16, 16)]      // one 16-row block (AVX-512 transposing reduction)
+    [InlineData(37, 64)]      // two blocks, then 4-row groups, then single rows
+    [InlineData(64, 48)]
+    [InlineData(33, 20)]      // k not a multiple of 16: the 4-row kernels and their tails
+    [InlineData(7, 3)]
+    public void MatVecMatchesFloat64(int n, int k)
+    {
+        ulong seed = TestSeed.Next();
+        var rng = new Rng(seed);
+        var w = Enumerable.Range(0, n * k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var x = Enumerable.Range(0, k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var y = Enumerable.Repeat(float.NaN, n).ToArray();
+        FastCpuDecoder.MatVec(w, n, k, x, y);
+        var expected = new double[n];
+        for (int i = 0; i < n; i++)
+            for (int p = 0; p < k; p++) expected[i] += (double)w[i * k + p] * x[p];
+        // |terms| <= 1: float32 summation error stays below k * 2^-24 * k.
+        Numerics.AssertClose(y, expected.Select(v => (float)v).ToArray(), 1e-6 * k, 1e-5, $"seed {seed} matvec {n}x{k}");
+    }
+}

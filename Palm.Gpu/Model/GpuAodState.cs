@@ -14,6 +14,8 @@ internal sealed class GpuAodState : IDisposable
         var zeros = new float[batch * config.DQkv];
         S = new GpuTensor[config.Applications];
         Z = config.MeanMix ? new GpuTensor[config.Applications] : null;
+        Slots = ctx.CreateTensor(GpuDType.I32, batch);
+        Slots.Upload(Enumerable.Range(0, batch).ToArray());
         for (var a = 0; a < S.Length; a++)
         {
             S[a] = ctx.CreateTensor(zeros, GpuDType.F32, batch, config.DQkv);
@@ -24,6 +26,8 @@ internal sealed class GpuAodState : IDisposable
     public int Batch { get; }
     /// <summary>Absolute position of the next token (shared by the B sequences).</summary>
     public long Position { get; set; }
+    /// <summary>Sequence b's row in S and Z: b, (B) i32.</summary>
+    internal GpuTensor Slots { get; }
     /// <summary>S per application, (B, D).</summary>
     internal GpuTensor[] S { get; }
     /// <summary>Z per application, (B, D); null for aod_mix = sum.</summary>
@@ -37,6 +41,7 @@ internal sealed class GpuAodState : IDisposable
 
     public void Dispose()
     {
+        Slots.Dispose();
         foreach (var t in S) t.Dispose();
         if (Z is not null) foreach (var t in Z) t.Dispose();
     }

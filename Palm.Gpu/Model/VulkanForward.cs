@@ -201,7 +201,7 @@ internal sealed class VulkanForward : IDisposable
             var blk = blocks[c.BlockOfApplication(app)];
             RmsNorm.Record(rec, ctx, a.X, a.H);
             RecordLinear(blk.Qkv, a.H, a.Qkv, a.U, relu2Between: true);
-            Aod.Record(rec, ctx, a.Qkv, a.Cos, a.Sin, B, T, c.NHead, state is not null,
+            Aod.Record(rec, ctx, a.Qkv, a.Cos, a.Sin, false, B, T, c.NHead, state?.Slots,
                 state?.S[app] ?? a.FreshS, state is null ? a.FreshZ : state.Z?[app], a.Y);
             RecordLinear(blk.Proj, a.Y, a.O, a.U, relu2Between: false);
             SwiGlu.Record(rec, ctx, a.O, residual: true, a.X);

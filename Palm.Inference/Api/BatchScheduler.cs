@@ -34,6 +34,9 @@ internal sealed class BatchScheduler : IDisposable
     /// <summary>Batched steps run so far.</summary>
     public long StepCalls { get; private set; }
 
+    /// <summary>Prefill calls (one chunk of one session each) run so far.</summary>
+    public long PrefillCalls { get; private set; }
+
     private sealed class Work(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits)
     {
         public readonly SequenceState State = state;
@@ -143,6 +146,7 @@ internal sealed class BatchScheduler : IDisposable
         try
         {
             _backend.Prefill(w.Tokens.Span, w.State, w.Logits);
+            PrefillCalls++;
         }
         catch (Exception e)
         {

@@ -1,0 +1,178 @@
+// The session API on the Vulkan backend with device-resident states (validation layer on):
+// sessions at different positions step in one submission each, 32 concurrent sessions equal
+// their solo runs, save/restore/fork round trips through the device copy, steps move no state
+// over the bus, disposed sessions free their slots, and a state outliving its model is a clear
+// ObjectDisposedException.
+using Palm.Inference;
+using Palm.Inference.Backends;
+using Palm.Tests.Gpu;
+using Xunit.Abstractions;
+
+namespace Palm.Tests.Api;
+
+public sealed class VulkanSessionTests(ITestOutputHelper output)
+{
+    private static readonly TinyModel M = TinyModel.Shared;
+
+    private static (PalmModel Model, VulkanBackend Backend) Load()
+    {
+        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions"));
+        return (PalmModel.Create(M.Parameters, M.Tokenizer, backend), backend);
+    }
+
+    private static int StateBytes => SequenceState.FloatCount(M.Parameters.Config) * sizeof(float);
+
+    [VulkanFact]
+    public async Task Thirty_two_sessions_at_different_positions_step_in_one_submission_and_match_their_solo_runs()
+    {
+        const int N = 32;
+        var seed = TestSeed.Next();
+        var rng = new Palm.Inference.Model.Rng(seed);
+        var words = TinyModel.Corpus.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        // Prompts of different lengths: the sessions sit at different positions in every batch.
+        var prompts = Enumerable.Range(0, N).Select(_ => string.Join(' ', Enumerable.Range(0, 1 + rng.NextInt(12)).Select(_ => words[rng.NextInt(words.Length)]))).ToArray();
+        // Plain greedy rows (ids only), greedy with a bias or penalty (logits), and sampled rows.
+        var options = Enumerable.Range(0, N).Select(i => new GenerationOptions
+        {
+            Temperature = i % 3 == 0 ? 0 : 0.9f, TopK = i % 4 == 0 ? 0 : 20, MinP = i % 5 == 0 ? 0.05f : 0,
+            RepetitionPenalty = i % 6 == 3 ? 1.2f : 1, LogitBias = i % 9 == 0 ? M.AsciiOnly : null,
+            MaxTokens = 12 + rng.NextInt(16), Seed = seed + (ulong)i,
+        }).ToArray();
+
+        var (model, backend) = Load();
+        using (model)
+        {
+            var solo = new string[N];
+            for (int i = 0; i < N; i++)
+            {
+                using var s = model.CreateSession();
+                solo[i] = await SessionTests.Collect(s, prompts[i], options[i]);
+            }
+            // Solo sessions were disposed: their slots came back and were reused.
+            Assert.Equal(0, backend.ResidentStates);
+            Assert.Equal(8, backend.PoolCapacity);
+
+            var sched = model.Scheduler;
+            long submissions0 = backend.Forward.Recorder.Submissions, steps0 = sched.StepCalls, prefills0 = sched.PrefillCalls;
+            var sessions = Enumerable.Range(0, N).Select(_ => model.CreateSession()).ToArray();
+            var together = await Task.WhenAll(Enumerable.Range(0, N).Select(i => Task.Run(() => SessionTests.Collect(sessions[i], prompts[i], options[i]))));
+            Assert.Equal(N, backend.ResidentStates);
+            foreach (var s in sessions) s.Dispose();
+            Assert.Equal(0, backend.ResidentStates);
+
+            for (int i = 0; i < N; i++)
+                Assert.True(solo[i] == together[i], $"Vulkan session {i} differs when batched (seed {seed}, {M.Describe}):\n  solo:    {solo[i]}\n  batched: {together[i]}");
+            long steps = sched.StepCalls - steps0, prefills = sched.PrefillCalls - prefills0;
+            long submissions = backend.Forward.Recorder.Submissions - submissions0;
+            output.WriteLine($"largest batch {sched.MaxBatch} of {N}; {steps} batched steps, {prefills} prefills, {submissions} submissions; pool {backend.PoolCapacity} rows");
+            // One submission per batched step, whatever the positions of its sessions.
+            Assert.Equal(steps + prefills, submissions);
+            Assert.True(sched.MaxBatch > N / 2, $"largest batched step held {sched.MaxBatch} sessions of {N}");
+            Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
+        }
+    }
+
+    [VulkanFact]
+    public async Task Save_restore_and_fork_round_trip_through_the_device_copy()
+    {
+        var (model, backend) = Load();
+        using (model)
+        {
+            using var s = model.CreateSession(new SessionOptions { Seed = 21 });
+            var o = new GenerationOptions { Temperature = 1, MaxTokens = 20, LogitBias = M.AsciiOnly, RepetitionPenalty = 1.3f, PresencePenalty = 0.5f };
+            await SessionTests.Collect(s, "In the beginning", o);
+            Assert.True(s.StateForTests.Slot >= 0, "the generated state has no device slot");
+            var saved = s.SaveState();
+            using var fork = s.Fork();
+            var a = await SessionTests.Collect(s, " and", o);
+            var b = await SessionTests.Collect(fork, " and", o);
+            Assert.Equal(a, b);
+
+            using var other = model.CreateSession();
+            await SessionTests.Collect(other, "Then it wrote", o);   // a resident state, overwritten in place
+            other.RestoreState(saved);
+            // Restored bytes go to the device at the next use and come back unchanged.
+            Assert.Equal(saved, other.SaveState());
+            var c = await SessionTests.Collect(other, " and", o);
+            Assert.Equal(a, c);
+            s.RestoreState(saved);
+            Assert.Equal(a, await SessionTests.Collect(s, " and", o));
+
+            // Cancelling during the prompt rolls the resident state back on the host; the next
+            // call uploads it and continues as if nothing happened.
+            var before = s.SaveState();
+            using (var cts = new CancellationTokenSource())
+            {
+                cts.Cancel();
+                await SessionTests.Collect(s, " more words that never get fed", o, cts.Token);
+            }
+            Assert.Equal(before, s.SaveState());
+            Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
+        }
+    }
+
+    [VulkanFact]
+    public async Task Disposed_sessions_free_their_slots_and_a_state_after_its_model_is_an_ObjectDisposedException()
+    {
+        var (model, backend) = Load();
+        var o = new GenerationOptions { Temperature = 0, MaxTokens = 4, LogitBias = M.AsciiOnly };
+        var sessions = Enumerable.Range(0, 3).Select(_ => model.CreateSession()).ToArray();
+        foreach (var s in sessions) await SessionTests.Collect(s, "The tokens", o);
+        Assert.Equal(3, backend.ResidentStates);
+        sessions[1].Dispose();
+        Assert.Equal(2, backend.ResidentStates);
+        using (var again = model.CreateSession())
+        {
+            await SessionTests.Collect(again, "The", o);
+            Assert.Equal(3, backend.ResidentStates);
+        }
+        Assert.Equal(2, backend.ResidentStates);
+        // A reset session gives its old slot back and takes one again when it next runs.
+        sessions[0].Reset();
+        Assert.Equal(1, backend.ResidentStates);
+
+        model.Dispose();
+        // The device copy is gone with the model: reading it is a clear error, not stale floats.
+        var e = Assert.Throws<ObjectDisposedException>(() => sessions[2].SaveState());
+        Assert.Contains("GPU", e.Message);
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => SessionTests.Collect(sessions[2], "x", o));
+        // The failed call did not leave the session busy.
+        Assert.Throws<ObjectDisposedException>(() => sessions[2].Fork());
+        // A session whose state is on the host (reset) still saves.
+        Assert.NotEmpty(sessions[0].SaveState());
+        foreach (var s in sessions) s.Dispose();
+    }
+
+    [VulkanFact]
+    public void Backend_steps_move_no_state_over_the_bus()
+    {
+        using var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions"));
+        var c = M.Parameters.Config;
+        int V = c.VocabSize, B = 3, hd = c.DQkv / c.NHead;
+        var states = Enumerable.Range(0, B).Select(_ => backend.CreateState()).ToArray();
+        var last = new float[V];
+        for (int b = 0; b < B; b++) backend.Prefill(Enumerable.Range(1, 1 + 2 * b).ToArray(), states[b], last);
+        var t = backend.Context.Transfers;
+        var logits = new float[B * V];
+        for (int step = 0; step < 4; step++)
+        {
+            long w0 = t.BytesWritten, r0 = t.BytesRead;
+            backend.Step([1, 2, 3], states, logits);
+            // Up: tokens, slots, and the per-row RoPE tables (cos and sin, hd/2 each). Down: the logits.
+            Assert.Equal(B * (4 + 4 + hd * 4), t.BytesWritten - w0);
+            Assert.Equal(B * V * 4, t.BytesRead - r0);
+        }
+        // The state comes back only when the host asks for it, once, and is then current.
+        long before = t.BytesRead;
+        var f = new float[states[0].Length];
+        states[0].CopyTo(f);
+        states[0].CopyTo(f);
+        Assert.Equal(StateBytes, t.BytesRead - before);
+        // A host overwrite is uploaded once, at the next use.
+        states[1].CopyFrom(f);
+        long w1 = t.BytesWritten;
+        backend.Step([1, 2, 3], states, logits);
+        Assert.Equal(StateBytes + B * (4 + 4 + hd * 4), t.BytesWritten - w1);
+        Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
+    }
+}

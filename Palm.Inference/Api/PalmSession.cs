@@ -149,12 +149,14 @@ public sealed class PalmSession : IDisposable
             {
                 if (generated == o.MaxTokens) { reason = StopReason.MaxTokens; break; }
                 if (ct.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
+                int next = -1;
                 if (_pending >= 0)
                 {
-                    await scheduler.StepAsync(_state, _pending, _logits).ConfigureAwait(false);
+                    // A plain argmax may be taken by the backend (on the GPU): only the id comes back.
+                    next = await scheduler.StepAsync(_state, _pending, _logits, TokenSampler.IsPlainArgmax(settings, _recent)).ConfigureAwait(false);
                     _pending = -1;
                 }
-                int next = _sampler.Sample(_logits, settings, _recent, _rng);
+                if (next < 0) next = _sampler.Sample(_logits, settings, _recent, _rng);
                 generated++;
                 _recent.Add(next);
                 _pending = next;

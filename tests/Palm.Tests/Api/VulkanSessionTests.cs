@@ -175,4 +175,75 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
         Assert.Equal(StateBytes + B * (4 + 4 + hd * 4), t.BytesWritten - w1);
         Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
     }
+
+    [VulkanFact]
+    public void Greedy_rows_get_only_their_argmax_id_back()
+    {
+        using var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions"));
+        int V = M.Parameters.Config.VocabSize, B = 3;
+        var greedyStates = Enumerable.Range(0, B).Select(_ => backend.CreateState()).ToArray();
+        var logitStates = Enumerable.Range(0, B).Select(_ => backend.CreateState()).ToArray();
+        var last = new float[V];
+        for (int b = 0; b < B; b++)
+        {
+            var prompt = Enumerable.Range(3, 2 + 3 * b).ToArray();
+            backend.Prefill(prompt, greedyStates[b], last);
+            backend.Prefill(prompt, logitStates[b], last);
+        }
+        var t = backend.Context.Transfers;
+        var logits = new float[B * V];
+        var all = new float[B * V];
+        var ids = new int[B];
+        var tok = new[] { 5, 6, 7 };
+        for (int step = 0; step < 4; step++)
+        {
+            Array.Fill(logits, float.NaN);
+            long r0 = t.BytesRead;
+            // Rows 0 and 2 greedy, row 1 wants its logits.
+            backend.Step(tok, greedyStates, [true, false, true], logits, ids);
+            // Down: one logits row and the ids (the argmax runs for the whole batch).
+            Assert.Equal(V * 4 + B * 4, t.BytesRead - r0);
+            backend.Step(tok, logitStates, all);
+            Assert.Equal(-1, ids[1]);
+            Numerics.AssertClose(logits.AsSpan(V, V), all.AsSpan(V, V), 0, 0, $"step {step}: the logits row of a mixed batch");
+            foreach (var b in new[] { 0, 2 })
+            {
+                // Same device, same inputs: the argmax of the logits the other batch brought back.
+                var want = Palm.Inference.Sampling.Sampler.ArgMax(all.AsSpan(b * V, V));
+                Assert.True(want == ids[b], $"step {step} row {b}: id {ids[b]}, argmax of its logits {want}");
+                Assert.True(float.IsNaN(logits[b * V]), $"step {step}: greedy row {b} had its logits copied back");
+            }
+            tok = [ids[0], 9, ids[2]];
+        }
+        Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
+    }
+
+    [VulkanFact]
+    public async Task Greedy_generation_reads_back_one_id_per_token_and_the_text_of_the_host_argmax()
+    {
+        var (model, backend) = Load();
+        using (model)
+        {
+            int V = M.Parameters.Config.VocabSize;
+            var t = backend.Context.Transfers;
+            var plain = new GenerationOptions { Temperature = 0, MaxTokens = 30 };
+            // A zero bias changes no logit but makes the session sample on the host from its logits.
+            var onHost = plain with { LogitBias = new Dictionary<int, float> { [0] = 0f } };
+            using var a = model.CreateSession();
+            long r0 = t.BytesRead, s0 = model.Scheduler.StepCalls;
+            var ta = await SessionTests.Collect(a, "In the beginning", plain);
+            long readA = t.BytesRead - r0, stepsA = model.Scheduler.StepCalls - s0;
+            using var b = model.CreateSession();
+            r0 = t.BytesRead;
+            s0 = model.Scheduler.StepCalls;
+            var tb = await SessionTests.Collect(b, "In the beginning", onHost);
+            long readB = t.BytesRead - r0, stepsB = model.Scheduler.StepCalls - s0;
+            output.WriteLine($"{stepsA} greedy steps read {readA} bytes; {stepsB} host-sampled steps read {readB} bytes");
+            Assert.Equal(tb, ta);
+            Assert.Equal(stepsB, stepsA);
+            // The prompt's last logits, then 4 bytes per generated token; against a logits row per token.
+            Assert.Equal(V * 4 + stepsA * 4, readA);
+            Assert.Equal(V * 4 + stepsB * V * 4, readB);
+        }
+    }
 }

@@ -2,7 +2,8 @@
 // concurrent sessions, for the built-in model and a `small`-shaped model, on the backends asked for.
 // On Vulkan it also reports GPU time per generated token from timestamp queries (the sum of the
 // kernels' GPU times, KernelProfiler), beside wall time per token: the gap is host work,
-// submission and synchronisation. Profiling stays on for the whole Vulkan row.
+// submission and synchronisation. Profiling stays on for the whole Vulkan row (timestamp writes
+// cost some wall time); --no-gpu-time measures the wall time without them.
 using System.Diagnostics;
 using Palm.Gpu.Vulkan;
 using Palm.Inference;
@@ -14,10 +15,10 @@ namespace Palm.Bench;
 
 public static class ApiBench
 {
-    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32]</c>.</summary>
+    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32] [--no-gpu-time]</c>.</summary>
     public static int Run(string[] args)
     {
-        var backend = Backend.Cpu; int tokens = 256, sessions = 32;
+        var backend = Backend.Cpu; int tokens = 256, sessions = 32; bool gpuTime = true;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -25,6 +26,7 @@ public static class ApiBench
                 case "--backend" when i + 1 < args.Length: backend = args[++i] == "vulkan" ? Backend.Vulkan : Backend.Cpu; break;
                 case "--tokens" when i + 1 < args.Length: tokens = int.Parse(args[++i]); break;
                 case "--sessions" when i + 1 < args.Length: sessions = int.Parse(args[++i]); break;
+                case "--no-gpu-time": gpuTime = false; break;
                 default: Console.Error.WriteLine($"api bench: unknown argument '{args[i]}'"); return 2;
             }
         }
@@ -40,13 +42,13 @@ public static class ApiBench
         try
         {
             foreach (var (name, path) in new[] { ("built-in palm-kjv", builtin), ("small (random)", small) })
-                Measure(name, path, backend, tokens, sessions).GetAwaiter().GetResult();
+                Measure(name, path, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
         }
         finally { File.Delete(small); }
         return 0;
     }
 
-    private static async Task Measure(string name, string path, Backend backend, int tokens, int sessions)
+    private static async Task Measure(string name, string path, Backend backend, int tokens, int sessions, bool gpuTime)
     {
         var sw = Stopwatch.StartNew();
         KernelProfiler? profiler = null;
@@ -56,7 +58,7 @@ public static class ApiBench
             // The public loader, but with timestamp queries on: the same checkpoint, tokenizer and backend.
             var ck = PalmCheckpoint.Load(path);
             var parameters = ck.ToParameters();
-            var vk = VulkanBackend.Create(parameters, VulkanOptions.FromEnvironment() with { Profile = true });
+            var vk = VulkanBackend.Create(parameters, VulkanOptions.FromEnvironment() with { Profile = gpuTime });
             profiler = vk.Context.Profiler;
             return PalmModel.Create(parameters, ck.Tokenizer!.ToTokenizer(), vk);
         }

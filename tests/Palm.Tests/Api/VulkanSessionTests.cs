@@ -246,4 +246,38 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
             Assert.Equal(V * 4 + stepsB * V * 4, readB);
         }
     }
+
+    /// <summary>
+    /// The discrete-GPU memory path (no mapped device memory: every row read or write, token
+    /// upload and logits download is a staged copy) and a pool that grows while it holds states.
+    /// </summary>
+    [VulkanFact]
+    public async Task Staged_memory_and_a_growing_pool_keep_sessions_exact()
+    {
+        const int N = 10;   // past the first pool capacity (8): the pool grows by a device copy
+        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-staging") with { ForceStaging = true });
+        using var model = PalmModel.Create(M.Parameters, M.Tokenizer, backend);
+        var o = new GenerationOptions { Temperature = 0.8f, MaxTokens = 10, Seed = 5 };
+        var prompts = Enumerable.Range(0, N).Select(i => string.Join(' ', TinyModel.Corpus.Split(' ').Take(1 + i))).ToArray();
+        var solo = new string[N];
+        for (int i = 0; i < N; i++)
+        {
+            using var s = model.CreateSession();
+            solo[i] = await SessionTests.Collect(s, prompts[i], o);
+        }
+        var sessions = Enumerable.Range(0, N).Select(_ => model.CreateSession()).ToArray();
+        // The first half start (and hold rows) before the rest make the pool grow.
+        var first = await Task.WhenAll(Enumerable.Range(0, N / 2).Select(i => Task.Run(() => SessionTests.Collect(sessions[i], prompts[i], o))));
+        var saved = sessions[0].SaveState();
+        var rest = await Task.WhenAll(Enumerable.Range(N / 2, N - N / 2).Select(i => Task.Run(() => SessionTests.Collect(sessions[i], prompts[i], o))));
+        Assert.Equal(16, backend.PoolCapacity);
+        var together = first.Concat(rest).ToArray();
+        for (int i = 0; i < N; i++)
+            Assert.True(solo[i] == together[i], $"staged session {i} differs {M.Describe}:\n  solo:    {solo[i]}\n  batched: {together[i]}");
+        // The rows written before the growth survived the copy.
+        Assert.Equal(saved, sessions[0].SaveState());
+        Assert.True(backend.Context.Transfers.StagedCopies > 0, "no staged copy ran");
+        foreach (var s in sessions) s.Dispose();
+        Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
+    }
 }

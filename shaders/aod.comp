@@ -10,8 +10,11 @@
 // one token each); larger T is prefill/training. The state is read at the start and written at
 // the end when has_state != 0, else the scan starts from zero and the state is left untouched.
 //
-// RoPE angles come from host tables (cos, sin of (pos0 + t) * w_j formed in double): a float32
+// RoPE angles come from host tables (cos, sin of position * w_j formed in double): a float32
 // angle at t = 5000 is off by ~2e-4 rad, and Vulkan's sin/cos only promise 2^-11 absolute.
+// The tables are either shared by the B sequences ((T, hd/2), row t: training, and sequences
+// that start together) or per row ((B*T, hd/2), row b*T + t, rope_per_row != 0): a decoding step
+// batches sequences that sit at different positions into one dispatch.
 #version 450
 
 layout(constant_id = 0) const uint WG = 64;   // heads per group * hd; the host makes it divide D
@@ -23,18 +26,20 @@ layout(push_constant) uniform AodPush {
     uint D;
     uint hd;
     uint has_state;
+    uint rope_per_row;
     float eps;
 } p;
 
 layout(std430, binding = 0) readonly buffer Qkv { float qkv[]; };     // (B*T, 3D): [q | k | v]
-layout(std430, binding = 1) readonly buffer Cos { float cos_t[]; };   // (T, hd/2)
-layout(std430, binding = 2) readonly buffer Sin { float sin_t[]; };   // (T, hd/2)
-layout(std430, binding = 3) buffer StateS { float s_state[]; };       // (B, D), in and out
+layout(std430, binding = 1) readonly buffer Cos { float cos_t[]; };   // (T, hd/2) or (B*T, hd/2)
+layout(std430, binding = 2) readonly buffer Sin { float sin_t[]; };   // (T, hd/2) or (B*T, hd/2)
+layout(std430, binding = 3) readonly buffer Slots { uint slot[]; };   // (B): pool row of sequence b
+layout(std430, binding = 4) buffer StateS { float s_state[]; };       // (capacity, D), in and out
 #ifdef MEAN
-layout(std430, binding = 4) buffer StateZ { float z_state[]; };       // (B, D), in and out
-layout(std430, binding = 5) writeonly buffer Y { float y[]; };        // (B*T, D)
+layout(std430, binding = 5) buffer StateZ { float z_state[]; };       // (capacity, D), in and out
+layout(std430, binding = 6) writeonly buffer Y { float y[]; };        // (B*T, D)
 #else
-layout(std430, binding = 4) writeonly buffer Y { float y[]; };        // (B*T, D)
+layout(std430, binding = 5) writeonly buffer Y { float y[]; };        // (B*T, D)
 #endif
 
 shared float qs[WG];
@@ -53,9 +58,11 @@ void main() {
     const bool first = c < half_hd;
     const uint partner = first ? lid + half_hd : lid - half_hd;
 
-    float s = p.has_state != 0 ? s_state[b * p.D + j] : 0.0;
+    // Slots are read only with a state: a fresh scan binds a placeholder there.
+    const uint at = p.has_state != 0 ? slot[b] * p.D + j : 0;
+    float s = p.has_state != 0 ? s_state[at] : 0.0;
 #ifdef MEAN
-    float z = p.has_state != 0 ? z_state[b * p.D + j] : 0.0;
+    float z = p.has_state != 0 ? z_state[at] : 0.0;
 #endif
 
     for (uint t = 0; t < p.T; t++) {
@@ -82,8 +89,9 @@ void main() {
 
         const float rq = inversesqrt(ssq / float(p.hd) + p.eps);
         const float rk = inversesqrt(ssk / float(p.hd) + p.eps);
-        const float cs = cos_t[t * half_hd + i];
-        const float sn = sin_t[t * half_hd + i];
+        const uint rope_row = p.rope_per_row != 0 ? row : t;
+        const float cs = cos_t[rope_row * half_hd + i];
+        const float sn = sin_t[rope_row * half_hd + i];
         // rope(x) = [a cos + b sin | -a sin + b cos] with a = x[0:hd/2], b = x[hd/2:hd];
         // rmsnorm is a per-head scale, so it can be applied after the rotation.
         const float qr = (first ? q * cs + qp * sn : q * cs - qp * sn) * rq;
@@ -100,9 +108,9 @@ void main() {
     }
 
     if (p.has_state != 0) {
-        s_state[b * p.D + j] = s;
+        s_state[at] = s;
 #ifdef MEAN
-        z_state[b * p.D + j] = z;
+        z_state[at] = z;
 #endif
     }
 }

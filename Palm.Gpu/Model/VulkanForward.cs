@@ -1,8 +1,12 @@
 // The whole Palm forward pass on Vulkan: weights uploaded once, every kernel of a call recorded
 // into ONE command buffer and submitted once (embedding, embed.proj, rmsnorms, the L*R block
 // applications in schedule order, final norm, unembed, and the loss or argmax when asked).
-// Activations live in buffers allocated once per (B, T) shape and reused; the AoD states of a
-// session stay on the GPU (GpuAodState). The math is ../shared/spec/palm-model.md.
+// Activations live in buffers allocated once per (B, T) shape and reused. AoD states stay on the
+// GPU: in a GpuStatePool, where a decoding step names each row's slot and position, so sessions
+// at different positions share one submission (RoPE tables are formed per row on the host, in
+// double), or in a GpuAodState for sequences that advance together. Only what the caller asks
+// for comes back: logits rows, the argmax ids, or the last prefill row.
+// The math is ../shared/spec/palm-model.md.
 using Palm.Gpu.Kernels;
 using Palm.Gpu.Vulkan;
 
@@ -18,7 +22,8 @@ internal sealed class VulkanForward : IDisposable
     readonly GpuLinear unembed;         // C -> V
     readonly Dictionary<(int B, int T), Activations> shapes = new();
     readonly List<GpuTensor> weightTensors;
-    float[] ropeCos = [], ropeSin = [];  // host staging for the tables, (T, hd/2) of the largest T seen
+    float[] ropeCos = [], ropeSin = [];  // host staging for the tables, (B*T, hd/2) of the largest B*T seen
+    bool[] slotSeen = [];                // host scratch: duplicate-slot check, one flag per pool row
 
     sealed record GpuLinear(GpuTensor? W, GpuTensor? W1, GpuTensor? W2);
 
@@ -88,10 +93,13 @@ internal sealed class VulkanForward : IDisposable
     /// <summary>Fresh AoD states (zeros, position 0) for <paramref name="batch"/> sequences.</summary>
     public GpuAodState CreateState(int batch) => new(ctx, Config, batch);
 
+    /// <summary>A state pool of <paramref name="capacity"/> rows (contents undefined until written).</summary>
+    public GpuStatePool CreatePool(int capacity) => new(ctx, Config, capacity);
+
     /// <summary>Logits (B*T, V) for tokens (B, T) that start their sequences (positions 0..T-1).</summary>
     public float[] Forward(ReadOnlySpan<int> tokens, int B, int T)
     {
-        var a = Run(tokens, B, T, null, null);
+        var a = Run(tokens, B, T, ZeroStarts(B), [], null, null);
         var logits = new float[a.Logits.Count];
         a.Logits.Download(logits);
         return logits;
@@ -108,7 +116,7 @@ internal sealed class VulkanForward : IDisposable
         if (targets.Length != B * T) throw new ArgumentException($"targets holds {targets.Length} ids, expected B*T = {B * T}", nameof(targets));
         foreach (var t in targets)
             if (t < -1 || t >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(targets), $"target {t} outside [-1, {Config.VocabSize})");
-        var a = Run(tokens, B, T, null, targets);
+        var a = Run(tokens, B, T, ZeroStarts(B), [], null, targets);
         var loss = new float[B * T];
         a.Loss.Download(loss);
         return CrossEntropy.Mean(loss, targets);
@@ -121,7 +129,9 @@ internal sealed class VulkanForward : IDisposable
     /// </summary>
     public float[] Prefill(ReadOnlySpan<int> tokens, int T, GpuAodState state)
     {
-        var a = Run(tokens, state.Batch, T, state, null);
+        Array.Fill(state.Starts, state.Position);
+        var a = Run(tokens, state.Batch, T, state.Starts, state.Slots, state.Pool, null);
+        state.Position += T;
         var logits = new float[a.Logits.Count];
         a.Logits.Download(logits);
         return logits;
@@ -132,55 +142,130 @@ internal sealed class VulkanForward : IDisposable
     {
         if (logits.Length != state.Batch * Config.VocabSize)
             throw new ArgumentException($"logits must hold B*V = {state.Batch * Config.VocabSize} floats", nameof(logits));
-        var a = Run(tokens, state.Batch, 1, state, null);
-        a.Logits.Download(logits);
+        Array.Fill(state.Starts, state.Position);
+        Step(tokens, state.Slots, state.Starts, state.Pool, logits, []);
+        state.Position++;
     }
 
     /// <summary>One greedy decoding step: feeds one token per sequence and writes the argmax of each one's logits (B ids).</summary>
     public void StepGreedy(ReadOnlySpan<int> tokens, GpuAodState state, Span<int> next)
     {
         if (next.Length != state.Batch) throw new ArgumentException($"next must hold B = {state.Batch} ids", nameof(next));
-        var a = Run(tokens, state.Batch, 1, state, null, argmax: true);
-        a.Argmax.Download(next);
+        Array.Fill(state.Starts, state.Position);
+        Step(tokens, state.Slots, state.Starts, state.Pool, [], next);
+        state.Position++;
     }
 
-    Activations Run(ReadOnlySpan<int> tokens, int B, int T, GpuAodState? state, ReadOnlySpan<int> targets, bool argmax = false)
+    /// <summary>
+    /// One decoding step for B sequences that may sit at different positions, recorded into one
+    /// command buffer and submitted once: sequence b feeds tokens[b] at absolute position
+    /// positions[b], its state in row slots[b] of <paramref name="pool"/> (distinct rows) is
+    /// read and updated in place. Writes the logits of the first logits.Length / V rows
+    /// (rows, V) and, when <paramref name="ids"/> is not empty, each row's argmax (B ids); nothing
+    /// else comes back. Allocates nothing after the first call for a given B.
+    /// </summary>
+    /// <exception cref="ArgumentException">Mismatched lengths, a repeated slot, or logits not a whole number of rows.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">A token outside [0, V), a slot outside the pool, a negative position.</exception>
+    public void Step(ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<long> positions, GpuStatePool pool,
+        Span<float> logits, Span<int> ids)
+    {
+        int B = tokens.Length, V = Config.VocabSize;
+        if (logits.Length % V != 0 || logits.Length > B * V)
+            throw new ArgumentException($"logits holds {logits.Length} floats: a whole number of rows of V = {V}, at most B = {B}", nameof(logits));
+        if (!ids.IsEmpty && ids.Length != B) throw new ArgumentException($"ids must hold B = {B} ids or none", nameof(ids));
+        var a = Run(tokens, B, 1, positions, slots, pool, null, argmax: !ids.IsEmpty);
+        if (!logits.IsEmpty) a.Logits.Download(logits, 0);
+        if (!ids.IsEmpty) a.Argmax.Download(ids);
+    }
+
+    /// <summary>
+    /// Feeds T tokens to one sequence whose state is row <paramref name="slot"/> of
+    /// <paramref name="pool"/>, starting at absolute position <paramref name="position"/>, in one
+    /// submission (all T rows through every linear at once, the AoD scan over T inside the kernel);
+    /// writes only the last token's logits (V).
+    /// </summary>
+    public void Prefill(ReadOnlySpan<int> tokens, int slot, long position, GpuStatePool pool, Span<float> lastLogits)
+    {
+        int T = tokens.Length, V = Config.VocabSize;
+        if (lastLogits.Length != V) throw new ArgumentException($"lastLogits must hold V = {V} floats", nameof(lastLogits));
+        var a = Run(tokens, 1, T, [position], [slot], pool, null);
+        a.Logits.Download(lastLogits, (long)(T - 1) * V);
+    }
+
+    long[] zeroStarts = [];
+
+    ReadOnlySpan<long> ZeroStarts(int B)
+    {
+        if (zeroStarts.Length < B) zeroStarts = new long[B];
+        return zeroStarts.AsSpan(0, B);
+    }
+
+    // starts (B): absolute position of each sequence's first token; slots (B) into pool, or no
+    // pool (and no slots) for a scan from zero that keeps no state.
+    Activations Run(ReadOnlySpan<int> tokens, int B, int T, ReadOnlySpan<long> starts, ReadOnlySpan<int> slots, GpuStatePool? pool,
+        ReadOnlySpan<int> targets, bool argmax = false)
     {
         if (B <= 0 || T <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"B ({B}) and T ({T}) must be > 0");
         if (tokens.Length != B * T) throw new ArgumentException($"tokens holds {tokens.Length} ids, expected B*T = {B * T}", nameof(tokens));
         for (var i = 0; i < tokens.Length; i++)
             if ((uint)tokens[i] >= (uint)Config.VocabSize)
                 throw new ArgumentOutOfRangeException(nameof(tokens), $"token {tokens[i]} at {i} outside [0, {Config.VocabSize})");
+        if (starts.Length != B) throw new ArgumentException($"positions holds {starts.Length} values, expected B = {B}", nameof(starts));
+        foreach (var p in starts)
+            if (p < 0) throw new ArgumentOutOfRangeException(nameof(starts), $"negative position {p}");
+        if (pool is not null) CheckSlots(slots, B, pool);
         var a = ActivationsFor(B, T);
         a.Tokens.Upload(tokens);
+        if (pool is not null) a.Slots.Upload(slots);
         if (!targets.IsEmpty) a.Targets.Upload(targets);
-        UploadRope(a, T, state?.Position ?? 0);
+        UploadRope(a, B, T, starts);
 
-        RecordForward(a, B, T, state);
+        RecordForward(a, B, T, pool);
         if (!targets.IsEmpty) CrossEntropy.Record(rec, ctx, a.Logits, a.Targets, a.Loss);
         if (argmax) CrossEntropy.RecordArgmax(rec, ctx, a.Logits, a.Argmax);
         rec.Submit();
-        if (state is not null) state.Position += T;
         return a;
     }
 
-    void UploadRope(Activations a, int T, long pos0)
+    void CheckSlots(ReadOnlySpan<int> slots, int B, GpuStatePool pool)
     {
-        if (a.RopePos0 == pos0) return;
-        var n = T * Config.HeadDim / 2;
+        if (slots.Length != B) throw new ArgumentException($"slots holds {slots.Length} rows, expected B = {B}", nameof(slots));
+        if (slotSeen.Length < pool.Capacity) slotSeen = new bool[pool.Capacity];
+        var ok = true;
+        var i = 0;
+        for (; i < B && ok; i++)
+        {
+            if ((uint)slots[i] >= (uint)pool.Capacity) break;
+            ok = !slotSeen[slots[i]];
+            slotSeen[slots[i]] = true;
+        }
+        for (var j = 0; j < Math.Min(i, B); j++) slotSeen[slots[j]] = false;
+        if (i < B && ok)
+            throw new ArgumentOutOfRangeException(nameof(slots), $"slot {slots[i]} outside the pool's [0, {pool.Capacity})");
+        // Two rows updating one state in the same dispatch would race.
+        if (!ok) throw new ArgumentException($"slot {slots[i - 1]} appears twice in one batch", nameof(slots));
+    }
+
+    void UploadRope(Activations a, int B, int T, ReadOnlySpan<long> starts)
+    {
+        if (a.RopeValid && starts.SequenceEqual(a.RopeStarts)) return;
+        var half = Config.HeadDim / 2;
+        var n = B * T * half;
         // Host staging reused across calls: no allocation per decoded token.
         if (ropeCos.Length < n)
         {
             ropeCos = new float[n];
             ropeSin = new float[n];
         }
-        Aod.RopeTables(Config.HeadDim, pos0, T, ropeCos, ropeSin);
+        for (var b = 0; b < B; b++)
+            Aod.RopeTables(Config.HeadDim, starts[b], T, ropeCos.AsSpan(b * T * half, T * half), ropeSin.AsSpan(b * T * half, T * half));
         a.Cos.Upload(ropeCos.AsSpan(0, n));
         a.Sin.Upload(ropeSin.AsSpan(0, n));
-        a.RopePos0 = pos0;
+        starts.CopyTo(a.RopeStarts);
+        a.RopeValid = true;
     }
 
-    void RecordForward(Activations a, int B, int T, GpuAodState? state)
+    void RecordForward(Activations a, int B, int T, GpuStatePool? pool)
     {
         var c = Config;
         if (embedProj is null)
@@ -201,8 +286,8 @@ internal sealed class VulkanForward : IDisposable
             var blk = blocks[c.BlockOfApplication(app)];
             RmsNorm.Record(rec, ctx, a.X, a.H);
             RecordLinear(blk.Qkv, a.H, a.Qkv, a.U, relu2Between: true);
-            Aod.Record(rec, ctx, a.Qkv, a.Cos, a.Sin, B, T, c.NHead, state is not null,
-                state?.S[app] ?? a.FreshS, state is null ? a.FreshZ : state.Z?[app], a.Y);
+            Aod.Record(rec, ctx, a.Qkv, a.Cos, a.Sin, true, B, T, c.NHead, pool is null ? null : a.Slots,
+                pool?.S[app] ?? a.FreshS, pool is null ? a.FreshZ : pool.Z?[app], a.Y);
             RecordLinear(blk.Proj, a.Y, a.O, a.U, relu2Between: false);
             SwiGlu.Record(rec, ctx, a.O, residual: true, a.X);
             if (blk.Up is not null)
@@ -285,6 +370,8 @@ internal sealed class VulkanForward : IDisposable
                 return t;
             }
             Tokens = New(GpuDType.I32, rows);
+            Slots = New(GpuDType.I32, B);
+            RopeStarts = new long[B];
             Targets = New(GpuDType.I32, rows);
             Loss = New(GpuDType.F32, rows);
             Argmax = New(GpuDType.I32, rows);
@@ -299,14 +386,16 @@ internal sealed class VulkanForward : IDisposable
             Gated = c.DFfn > 0 ? New(GpuDType.F32, rows, c.DFfn) : null;
             Ffn = c.DFfn > 0 ? New(GpuDType.F32, rows, c.NEmbd) : null;
             Logits = New(GpuDType.F32, rows, c.VocabSize);
-            Cos = New(GpuDType.F32, T, c.HeadDim / 2);
-            Sin = New(GpuDType.F32, T, c.HeadDim / 2);
+            // Per row: the sequences of a step sit at different positions.
+            Cos = New(GpuDType.F32, rows, c.HeadDim / 2);
+            Sin = New(GpuDType.F32, rows, c.HeadDim / 2);
             // Bound but never read or written by a scan that starts from zero.
             FreshS = New(GpuDType.F32, B, c.DQkv);
             FreshZ = c.MeanMix ? New(GpuDType.F32, B, c.DQkv) : null;
         }
 
         public GpuTensor Tokens { get; }     // (rows) i32
+        public GpuTensor Slots { get; }      // (B) i32: pool rows of the sequences
         public GpuTensor Targets { get; }    // (rows) i32
         public GpuTensor Loss { get; }       // (rows)
         public GpuTensor Argmax { get; }     // (rows) i32
@@ -321,11 +410,12 @@ internal sealed class VulkanForward : IDisposable
         public GpuTensor? Gated { get; }     // (rows, F)
         public GpuTensor? Ffn { get; }       // (rows, C)
         public GpuTensor Logits { get; }     // (rows, V)
-        public GpuTensor Cos { get; }        // (T, hd/2)
-        public GpuTensor Sin { get; }        // (T, hd/2)
+        public GpuTensor Cos { get; }        // (rows, hd/2)
+        public GpuTensor Sin { get; }        // (rows, hd/2)
         public GpuTensor FreshS { get; }     // (B, D)
         public GpuTensor? FreshZ { get; }    // (B, D)
-        public long RopePos0 { get; set; } = -1;
+        public long[] RopeStarts { get; }    // (B): the starts the tables hold when RopeValid
+        public bool RopeValid { get; set; }
         public long LastUse { get; set; }
 
         public void Dispose()

@@ -278,7 +278,7 @@ internal sealed class VulkanTraining : IDisposable
                 Linear.Record(rec, ctx, s.H, blk.Qkv.W1!.Value, true, s.QkvA!);
                 Linear.Record(rec, ctx, s.QkvA!, blk.Qkv.W2!.Value, false, s.Qkv);
             }
-            Aod.Record(rec, ctx, s.Qkv, a.Cos, a.Sin, a.B, a.T, c.NHead, false, a.FreshS, a.FreshZ, s.Y);
+            Aod.Record(rec, ctx, s.Qkv, a.Cos, a.Sin, false, a.B, a.T, c.NHead, null, a.FreshS, a.FreshZ, s.Y);
             ForwardLinear(blk.Proj, s.Y, s.ProjA, s.O);
             // x_{app+1} = x_app + AoD (+ FFN): a fresh buffer, since the backward needs x_app.
             SwiGlu.Record(rec, ctx, s.O, residual: false, a.X[app + 1]);

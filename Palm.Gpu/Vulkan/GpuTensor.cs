@@ -93,6 +93,34 @@ internal sealed class GpuTensor : IDisposable
         ctx.Transfers.Read(Allocation, MemoryMarshal.AsBytes(data));
     }
 
+    /// <summary>Writes <paramref name="data"/> into elements [offset, offset + data.Length) of an f32 tensor (a row of a pool).</summary>
+    public void Upload(ReadOnlySpan<float> data, long offset)
+    {
+        CheckRange(offset, data.Length, GpuDType.F32);
+        ctx.Transfers.Write(Allocation, MemoryMarshal.AsBytes(data), (ulong)offset * sizeof(float));
+    }
+
+    /// <summary>Reads elements [offset, offset + data.Length) of an f32 tensor: a part comes back, not the whole.</summary>
+    public void Download(Span<float> data, long offset)
+    {
+        CheckRange(offset, data.Length, GpuDType.F32);
+        ctx.Transfers.Read(Allocation, MemoryMarshal.AsBytes(data), (ulong)offset * sizeof(float));
+    }
+
+    /// <summary>Reads elements [offset, offset + data.Length) of an i32 tensor.</summary>
+    public void Download(Span<int> data, long offset)
+    {
+        CheckRange(offset, data.Length, GpuDType.I32);
+        ctx.Transfers.Read(Allocation, MemoryMarshal.AsBytes(data), (ulong)offset * sizeof(int));
+    }
+
+    void CheckRange(long offset, int n, GpuDType dtype)
+    {
+        if (DType != dtype) throw new InvalidOperationException($"a {DType} tensor accessed as {dtype}");
+        if (offset < 0 || offset + n > Count)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"elements [{offset}, {offset + n}) outside a tensor of {Count} ({string.Join("x", Shape)})");
+    }
+
     public float[] ToArray()
     {
         var a = new float[Count];

@@ -1,6 +1,8 @@
 // Host <-> device copies. Mapped (host-visible, coherent) blocks are plain memcpy; otherwise
 // the bytes go through a reusable staging buffer and a one-shot copy command, chunked so the
-// staging buffer stays small. Synchronous: each call returns when the copy is done.
+// staging buffer stays small. Synchronous: each call returns when the copy is done. A copy may
+// cover part of an allocation (one row of a state pool); device-to-device copies (growing a
+// pool) run as one command buffer. Byte counters let tests prove what crosses the bus.
 using Silk.NET.Vulkan;
 
 namespace Palm.Gpu.Vulkan;
@@ -40,16 +42,24 @@ internal sealed unsafe class Transfers : IDisposable
         stagingMemory = new MemoryAllocator(ctx, MemoryKind.Staging, StagingBytes, 16);
     }
 
-    /// <summary>How many staged copies ran (0 when every block is mapped).</summary>
+    /// <summary>How many one-shot copy submissions ran: staged copies (0 when every block is mapped) and device-to-device copies.</summary>
     public int StagedCopies { get; private set; }
 
-    public void Write(GpuAllocation dst, ReadOnlySpan<byte> src)
+    /// <summary>Bytes written host -> device over this context's lifetime.</summary>
+    public long BytesWritten { get; private set; }
+
+    /// <summary>Bytes read device -> host over this context's lifetime.</summary>
+    public long BytesRead { get; private set; }
+
+    /// <summary>Writes <paramref name="src"/> at <paramref name="byteOffset"/> inside <paramref name="dst"/>.</summary>
+    public void Write(GpuAllocation dst, ReadOnlySpan<byte> src, ulong byteOffset = 0)
     {
-        if ((ulong)src.Length > dst.Size) throw new ArgumentException("source larger than the allocation");
+        if (byteOffset + (ulong)src.Length > dst.Size) throw new ArgumentException("source runs past the end of the allocation");
+        BytesWritten += src.Length;
         if (dst.Block.Mapped != null)
         {
             // Coherent memory: the next vkQueueSubmit makes these writes visible to the device.
-            src.CopyTo(new Span<byte>(dst.Block.Mapped + dst.Offset, src.Length));
+            src.CopyTo(new Span<byte>(dst.Block.Mapped + dst.Offset + byteOffset, src.Length));
             return;
         }
         var s = Staging();
@@ -57,28 +67,64 @@ internal sealed unsafe class Transfers : IDisposable
         {
             var n = (int)Math.Min((ulong)(src.Length - done), s.Size);
             src.Slice(done, n).CopyTo(new Span<byte>(s.Block.Mapped + s.Offset, n));
-            Copy(s.Block.Buffer, s.Offset, dst.Block.Buffer, dst.Offset + (ulong)done, (ulong)n, toDevice: true);
+            Copy(s.Block.Buffer, s.Offset, dst.Block.Buffer, dst.Offset + byteOffset + (ulong)done, (ulong)n, toDevice: true);
             done += n;
         }
     }
 
-    public void Read(GpuAllocation src, Span<byte> dst)
+    /// <summary>Reads <paramref name="dst"/>.Length bytes from <paramref name="byteOffset"/> inside <paramref name="src"/>.</summary>
+    public void Read(GpuAllocation src, Span<byte> dst, ulong byteOffset = 0)
     {
-        if ((ulong)dst.Length > src.Size) throw new ArgumentException("destination larger than the allocation");
+        if (byteOffset + (ulong)dst.Length > src.Size) throw new ArgumentException("destination runs past the end of the allocation");
+        BytesRead += dst.Length;
         if (src.Block.Mapped != null)
         {
             // Recordings end with a shader-write -> host-read barrier and a fence wait.
-            new ReadOnlySpan<byte>(src.Block.Mapped + src.Offset, dst.Length).CopyTo(dst);
+            new ReadOnlySpan<byte>(src.Block.Mapped + src.Offset + byteOffset, dst.Length).CopyTo(dst);
             return;
         }
         var s = Staging();
         for (var done = 0; done < dst.Length;)
         {
             var n = (int)Math.Min((ulong)(dst.Length - done), s.Size);
-            Copy(src.Block.Buffer, src.Offset + (ulong)done, s.Block.Buffer, s.Offset, (ulong)n, toDevice: false);
+            Copy(src.Block.Buffer, src.Offset + byteOffset + (ulong)done, s.Block.Buffer, s.Offset, (ulong)n, toDevice: false);
             new ReadOnlySpan<byte>(s.Block.Mapped + s.Offset, n).CopyTo(dst.Slice(done, n));
             done += n;
         }
+    }
+
+    /// <summary>
+    /// Copies device to device: each pair's first <c>Bytes</c> bytes, all in one command buffer
+    /// and one fence wait; nothing crosses to the host.
+    /// </summary>
+    public void CopyOnDevice(IReadOnlyList<(GpuAllocation Src, GpuAllocation Dst, ulong Bytes)> copies)
+    {
+        if (copies.Count == 0) return;
+        foreach (var c in copies)
+            if (c.Bytes > c.Src.Size || c.Bytes > c.Dst.Size) throw new ArgumentException("copy larger than its source or destination");
+        var vk = ctx.Vk;
+        var begin = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
+        vk.BeginCommandBuffer(cmd, &begin).Check("vkBeginCommandBuffer");
+        var before = new MemoryBarrier
+        {
+            SType = StructureType.MemoryBarrier,
+            SrcAccessMask = AccessFlags.ShaderWriteBit | AccessFlags.ShaderReadBit,
+            DstAccessMask = AccessFlags.TransferReadBit | AccessFlags.TransferWriteBit,
+        };
+        vk.CmdPipelineBarrier(cmd, PipelineStageFlags.ComputeShaderBit, PipelineStageFlags.TransferBit, 0, 1, &before, 0, null, 0, null);
+        foreach (var c in copies)
+        {
+            var region = new BufferCopy { SrcOffset = c.Src.Offset, DstOffset = c.Dst.Offset, Size = c.Bytes };
+            vk.CmdCopyBuffer(cmd, c.Src.Block.Buffer, c.Dst.Block.Buffer, 1, &region);
+        }
+        var after = new MemoryBarrier
+        {
+            SType = StructureType.MemoryBarrier,
+            SrcAccessMask = AccessFlags.TransferWriteBit,
+            DstAccessMask = AccessFlags.ShaderReadBit | AccessFlags.ShaderWriteBit | AccessFlags.HostReadBit,
+        };
+        vk.CmdPipelineBarrier(cmd, PipelineStageFlags.TransferBit, PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.HostBit, 0, 1, &after, 0, null, 0, null);
+        SubmitAndWait();
     }
 
     GpuAllocation Staging() => staging ??= stagingMemory.Allocate(StagingBytes);
@@ -113,6 +159,12 @@ internal sealed unsafe class Transfers : IDisposable
             };
         vk.CmdPipelineBarrier(cmd, PipelineStageFlags.TransferBit,
             toDevice ? PipelineStageFlags.ComputeShaderBit : PipelineStageFlags.HostBit, 0, 1, &after, 0, null, 0, null);
+        SubmitAndWait();
+    }
+
+    void SubmitAndWait()
+    {
+        var vk = ctx.Vk;
         vk.EndCommandBuffer(cmd).Check("vkEndCommandBuffer");
         var c = cmd;
         var submit = new SubmitInfo { SType = StructureType.SubmitInfo, CommandBufferCount = 1, PCommandBuffers = &c };

@@ -2,7 +2,9 @@
 // to feed); one loop runs it, putting every pending step into ONE batched backend step
 // (B = sessions waiting), so concurrent sessions share the weight reads. The loop has its own
 // thread because it waits briefly for sessions to submit: a pool thread blocked on that wait
-// could starve the very continuations it waits for. Sessions sample on the thread pool.
+// could starve the very continuations it waits for. Sessions sample on the thread pool; a
+// session that samples the plain argmax asks for the id only, and the backend may compute it
+// on the device (Vulkan) so that its logits never come back.
 using System.Diagnostics;
 using Palm.Inference.Backends;
 
@@ -20,6 +22,8 @@ internal sealed class BatchScheduler : IDisposable
     private int _withCaller;
     private float[] _logits = [];
     private int[] _tokens = [];
+    private int[] _ids = [];
+    private bool[] _greedy = [];
 
     // A step waits for every decoding session that is in our hands (sampling, about to submit),
     // but not for those whose caller holds a piece: a slow consumer must not stall the others.
@@ -34,12 +38,17 @@ internal sealed class BatchScheduler : IDisposable
     /// <summary>Batched steps run so far.</summary>
     public long StepCalls { get; private set; }
 
-    private sealed class Work(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits)
+    /// <summary>Prefill calls (one chunk of one session each) run so far.</summary>
+    public long PrefillCalls { get; private set; }
+
+    private sealed class Work(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits, bool greedy = false)
     {
         public readonly SequenceState State = state;
         public readonly ReadOnlyMemory<int> Tokens = tokens;
         public readonly float[] Logits = logits;
-        public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public readonly bool Greedy = greedy;
+        // The argmax id when the backend computed it, else -1 (the logits were written).
+        public readonly TaskCompletionSource<int> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
     /// <summary>A generation starts or ends: a step waits only for active sessions (minus those with their caller).</summary>
@@ -69,10 +78,15 @@ internal sealed class BatchScheduler : IDisposable
     /// <summary>Feeds <paramref name="tokens"/> (T) to one sequence; its last logits (V) land in <paramref name="logits"/>.</summary>
     public Task PrefillAsync(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits) => Submit(new Work(state, tokens, logits), prefill: true);
 
-    /// <summary>Feeds one token to one sequence as part of the next batched step; its logits (V) land in <paramref name="logits"/>.</summary>
-    public Task StepAsync(SequenceState state, int token, float[] logits) => Submit(new Work(state, new[] { token }, logits), prefill: false);
+    /// <summary>
+    /// Feeds one token to one sequence as part of the next batched step. Returns -1 with its logits (V)
+    /// in <paramref name="logits"/>, or, when <paramref name="greedy"/> and the backend computed it, the
+    /// argmax id (then <paramref name="logits"/> is left as it was).
+    /// </summary>
+    public Task<int> StepAsync(SequenceState state, int token, float[] logits, bool greedy = false) =>
+        Submit(new Work(state, new[] { token }, logits, greedy), prefill: false);
 
-    private Task Submit(Work w, bool prefill)
+    private Task<int> Submit(Work w, bool prefill)
     {
         lock (_gate)
         {
@@ -122,20 +136,31 @@ internal sealed class BatchScheduler : IDisposable
         try
         {
             if (_logits.Length < B * V) _logits = new float[B * V];
-            if (_tokens.Length < B) _tokens = new int[B];
+            if (_tokens.Length < B)
+            {
+                _tokens = new int[B];
+                _ids = new int[B];
+                _greedy = new bool[B];
+            }
             var states = new SequenceState[B];
-            for (int i = 0; i < B; i++) { states[i] = steps[i].State; _tokens[i] = steps[i].Tokens.Span[0]; }
-            _backend.Step(_tokens.AsSpan(0, B), states, _logits.AsSpan(0, B * V));
+            for (int i = 0; i < B; i++)
+            {
+                states[i] = steps[i].State;
+                _tokens[i] = steps[i].Tokens.Span[0];
+                _greedy[i] = steps[i].Greedy;
+            }
+            _backend.Step(_tokens.AsSpan(0, B), states, _greedy.AsSpan(0, B), _logits.AsSpan(0, B * V), _ids.AsSpan(0, B));
             MaxBatch = Math.Max(MaxBatch, B);
             StepCalls++;
-            for (int i = 0; i < B; i++) _logits.AsSpan(i * V, V).CopyTo(steps[i].Logits);
+            for (int i = 0; i < B; i++)
+                if (_ids[i] < 0) _logits.AsSpan(i * V, V).CopyTo(steps[i].Logits);
         }
         catch (Exception e)
         {
             foreach (var s in steps) s.Done.TrySetException(e);
             return;
         }
-        foreach (var s in steps) s.Done.TrySetResult();
+        for (int i = 0; i < B; i++) steps[i].Done.TrySetResult(_ids[i]);
     }
 
     private void RunPrefill(Work w)
@@ -143,13 +168,14 @@ internal sealed class BatchScheduler : IDisposable
         try
         {
             _backend.Prefill(w.Tokens.Span, w.State, w.Logits);
+            PrefillCalls++;
         }
         catch (Exception e)
         {
             w.Done.TrySetException(e);
             return;
         }
-        w.Done.TrySetResult();
+        w.Done.TrySetResult(-1);
     }
 
     /// <summary>Fails queued work, waits for the running call to end, then frees the backend.</summary>

@@ -94,6 +94,10 @@ public sealed class PalmModel : IDisposable
         return new PalmModel(backend, tokenizer, hash);
     }
 
+    /// <summary>Wraps a backend made by the caller (tests: a Vulkan backend with the validation layer on). The model owns it.</summary>
+    internal static PalmModel Create(PalmParameters parameters, BpeTokenizer tokenizer, IInferenceBackend backend) =>
+        new(backend, tokenizer, HashModel(parameters));
+
     private static IInferenceBackend AutoBackend(PalmParameters parameters)
     {
         var options = VulkanOptions.FromEnvironment();

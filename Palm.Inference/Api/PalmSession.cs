@@ -1,6 +1,8 @@
 // One conversation: its recurrent state (fixed size), sampler RNG, recent-token window and the
 // token carried over between calls. Generation streams text pieces while the compute runs in
-// the model's scheduler; the session itself only samples and decodes.
+// the model's scheduler; the session itself only samples and decodes. On the Vulkan backend the
+// state lives in GPU memory (SequenceState pulls it when read): restoring or rolling back
+// overwrites it in place, and disposing the session gives its device slot back.
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Palm.Inference.Backends;
@@ -38,7 +40,7 @@ public sealed class PalmSession : IDisposable
     private readonly HeldText _text;
     private int _pending = -1;
     private int _busy;
-    private bool _disposed;
+    private int _disposed;
 
     internal PalmSession(PalmModel model, SessionOptions options)
     {
@@ -90,7 +92,17 @@ public sealed class PalmSession : IDisposable
         int promptTokens = 0, generated = 0;
         var clock = Stopwatch.StartNew();
         TimeSpan prefillTime = default;
-        var before = Snapshot();
+        (SequenceState State, ulong[] Rng, int[] Recent, int Pending, int[] Held) before;
+        try
+        {
+            // Reads a device-resident state back: throws if the model is gone.
+            before = Snapshot();
+        }
+        catch
+        {
+            Exit();
+            throw;
+        }
         bool faulted = true, active = false, withCaller = false;
         var scheduler = _model.Scheduler;
         try
@@ -137,12 +149,14 @@ public sealed class PalmSession : IDisposable
             {
                 if (generated == o.MaxTokens) { reason = StopReason.MaxTokens; break; }
                 if (ct.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
+                int next = -1;
                 if (_pending >= 0)
                 {
-                    await scheduler.StepAsync(_state, _pending, _logits).ConfigureAwait(false);
+                    // A plain argmax may be taken by the backend (on the GPU): only the id comes back.
+                    next = await scheduler.StepAsync(_state, _pending, _logits, TokenSampler.IsPlainArgmax(settings, _recent)).ConfigureAwait(false);
                     _pending = -1;
                 }
-                int next = _sampler.Sample(_logits, settings, _recent, _rng);
+                if (next < 0) next = _sampler.Sample(_logits, settings, _recent, _rng);
                 generated++;
                 _recent.Add(next);
                 _pending = next;
@@ -213,7 +227,8 @@ public sealed class PalmSession : IDisposable
         try
         {
             var s = SessionStateFormat.Read(_model, saved);
-            _state = s.State;
+            // In place: a device-resident state keeps its slot and is uploaded at its next use.
+            _state.Assign(s.State);
             _rng = s.Rng;
             _pending = s.Pending;
             _recent = s.Recent;
@@ -256,7 +271,9 @@ public sealed class PalmSession : IDisposable
         Enter();
         try
         {
+            var old = _state;
             _state = _model.BackendImpl.CreateState();
+            old.Release();
             _recent.Clear();
             _pending = -1;
             _text.Reset();
@@ -264,17 +281,28 @@ public sealed class PalmSession : IDisposable
         finally { Exit(); }
     }
 
-    /// <summary>Ends the session. Its memory is managed; disposing marks it unusable.</summary>
-    public void Dispose() => _disposed = true;
+    /// <summary>Ends the session and frees what its state holds on the backend (GPU memory on Vulkan); disposing
+    /// marks it unusable. During a running call the state is freed when the call ends.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        // Whoever takes _busy last frees the state: this call, or the running call's Exit.
+        if (Interlocked.CompareExchange(ref _busy, 1, 0) == 0) _state.Release();
+    }
 
     private void Enter()
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         if (Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
             throw new InvalidOperationException("this PalmSession is already running a call: a session runs one call at a time (Fork it for a parallel branch)");
     }
 
-    private void Exit() => Volatile.Write(ref _busy, 0);
+    private void Exit()
+    {
+        // A full fence (not a release-only write): Dispose may have run while the call was busy.
+        Interlocked.Exchange(ref _busy, 0);
+        if (Volatile.Read(ref _disposed) != 0 && Interlocked.CompareExchange(ref _busy, 1, 0) == 0) _state.Release();
+    }
 
     private (SequenceState State, ulong[] Rng, int[] Recent, int Pending, int[] Held) Snapshot() =>
         (_state.Clone(), _rng.GetState(), _recent.ToArray(), _pending, [.. _text.Ids]);
@@ -282,7 +310,8 @@ public sealed class PalmSession : IDisposable
     private void Restore((SequenceState State, ulong[] Rng, int[] Recent, int Pending, int[] Held) s)
     {
         _text.Load(s.Held);
-        _state = s.State;
+        // In place: no device call (the snapshot is on the host), the slot is kept.
+        _state.Assign(s.State);
         _rng = new Rng(s.Rng);
         _recent.Clear();
         _recent.AddRange(s.Recent);

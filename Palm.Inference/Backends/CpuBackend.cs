@@ -28,11 +28,12 @@ internal sealed class CpuBackend(PalmParameters parameters, string? reason = nul
         logits.AsSpan(0, V).CopyTo(lastLogits);
     }
 
-    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits)
+    // Logits for every row (greedy ones included: the session's host argmax is as cheap as any).
+    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids)
     {
         int B = states.Count, V = Config.VocabSize;
-        if (tokens.Length != B) throw new ArgumentException($"expected {B} tokens, got {tokens.Length}", nameof(tokens));
-        if (logits.Length < B * V) throw new ArgumentException($"logits must hold B*V = {B * V} floats", nameof(logits));
+        IInferenceBackend.CheckStep(tokens, states, greedy, logits, ids, V);
+        if (!ids.IsEmpty) ids[..B].Fill(-1);
         if (B == 1)
         {
             _decoder.Step(tokens, states[0].Set, logits[..V]);

@@ -34,5 +34,25 @@ internal interface IInferenceBackend : IDisposable
     /// One decoding step for B sequences: tokens (B), one per state; writes logits (B, V).
     /// The sequences may sit at different positions. Each state advances by one.
     /// </summary>
-    void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits);
+    void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits) =>
+        Step(tokens, states, [], logits, []);
+
+    /// <summary>
+    /// One decoding step for B sequences, as above, where greedy (B, or empty for none) marks the
+    /// rows whose caller needs only the argmax of the logits. For every row the backend writes
+    /// either ids[b] = that argmax (lowest index on ties; logits row b may be left unwritten) or
+    /// ids[b] = -1 and logits row b (V). A backend may always choose logits (the CPU does); ids
+    /// may be empty when greedy is.
+    /// </summary>
+    void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids);
+
+    /// <summary>The argument checks every <see cref="Step(ReadOnlySpan{int}, IReadOnlyList{SequenceState}, ReadOnlySpan{bool}, Span{float}, Span{int})"/> makes.</summary>
+    static void CheckStep(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids, int V)
+    {
+        int B = states.Count;
+        if (tokens.Length != B) throw new ArgumentException($"expected {B} tokens, got {tokens.Length}", nameof(tokens));
+        if (logits.Length < B * V) throw new ArgumentException($"logits must hold B*V = {B * V} floats", nameof(logits));
+        if (!greedy.IsEmpty && greedy.Length != B) throw new ArgumentException($"greedy must hold B = {B} flags or none", nameof(greedy));
+        if (ids.Length < (greedy.IsEmpty ? 0 : B)) throw new ArgumentException($"ids must hold B = {B} ids when greedy rows are marked", nameof(ids));
+    }
 }

@@ -1,26 +1,38 @@
-// The Vulkan backend: VulkanForward with the weights uploaded once. Session states live on the
-// host (SequenceState) and are gathered into a device batch for each call, because the forward's
-// RoPE tables and AoD states are per batch with ONE shared position, while sessions sit at
-// different positions: a step therefore runs one submission per distinct position. The copies
-// are L*R*(1 or 2)*D floats per sequence, small beside the logits (V) downloaded each step.
+// The Vulkan backend: VulkanForward with the weights uploaded once, and every session's AoD
+// state resident on the device in one pool (GpuStatePool), one row (slot) per state. A state
+// gets a slot the first time this backend sees it and is uploaded only then, or after the host
+// overwrote it (restore, fork, rollback); steps never move states over the bus. One step is one
+// submission for all its sessions, whatever their positions (the AoD kernel reads per-row RoPE
+// tables and slot indices). Rows that sample greedily get only their argmax id back; the others
+// get their logits. Calls come from the scheduler's thread; Pull (a session reading its state)
+// may come from any thread, so a lock orders device work. Slots freed by sessions (from any
+// thread, finalizers included) go through a lock-free queue and are reused at the next step.
+using System.Collections.Concurrent;
 using Palm.Gpu;
 using Palm.Gpu.Model;
 using Palm.Gpu.Vulkan;
+using Palm.Inference.Cpu;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Backends;
 
-internal sealed class VulkanBackend : IInferenceBackend
+internal sealed class VulkanBackend : IInferenceBackend, IStateHome
 {
     private readonly VulkanContext _ctx;
     private readonly VulkanForward _forward;
-    // Device states by batch size, reused; a few sizes at most (least recently used freed).
-    private readonly Dictionary<int, (GpuAodState State, long LastUse)> _states = new();
-    private long _uses;
-    private float[] _stage = [];
+    private readonly object _gate = new();
+    private readonly ConcurrentQueue<int> _released = new();
+    private readonly Stack<int> _free = new();
+    private GpuStatePool? _pool;
+    private int _nextSlot;
+    private bool _disposed;
+    // Step scratch, reused: rows reordered so that the rows wanting logits come first and their
+    // logits download as one contiguous block.
+    private int[] _order = [], _tokens = [], _slots = [], _ids = [];
+    private long[] _positions = [];
     private float[] _logits = [];
 
-    private const int MaxStateSizes = 4;
+    private const int FirstCapacity = 8;
 
     private VulkanBackend(VulkanContext ctx, VulkanForward forward, PalmConfig config, long weightBytes)
     {
@@ -51,8 +63,26 @@ internal sealed class VulkanBackend : IInferenceBackend
         }
     }
 
-
     internal VulkanContext Context => _ctx;
+
+    /// <summary>The forward, whose recorder counts submissions (tests).</summary>
+    internal VulkanForward Forward => _forward;
+
+    /// <summary>Slots held by live states (tests).</summary>
+    internal int ResidentStates
+    {
+        get
+        {
+            lock (_gate)
+            {
+                DrainReleased();
+                return _nextSlot - _free.Count;
+            }
+        }
+    }
+
+    /// <summary>Rows in the device pool (0 before the first state).</summary>
+    internal int PoolCapacity { get { lock (_gate) return _pool?.Capacity ?? 0; } }
 
     public BackendKind Kind => BackendKind.Vulkan;
     public string Description { get; }
@@ -65,95 +95,122 @@ internal sealed class VulkanBackend : IInferenceBackend
     {
         int V = Config.VocabSize, T = tokens.Length;
         if (T == 0) throw new ArgumentException("prefill needs at least one token", nameof(tokens));
-        var gpu = StateFor(1);
-        Upload([state], gpu);
-        var logits = _forward.Prefill(tokens, T, gpu);
-        logits.AsSpan((T - 1) * V, V).CopyTo(lastLogits);
-        Download(gpu, [state]);
+        if (lastLogits.Length < V) throw new ArgumentException($"lastLogits must hold V = {V} floats", nameof(lastLogits));
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            DrainReleased();
+            MakeResident(state);
+            _forward.Prefill(tokens, state.Slot, state.Position, _pool!, lastLogits[..V]);
+            state.DeviceAdvanced(T);
+        }
     }
 
-    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits)
+    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits) =>
+        Step(tokens, states, [], logits, []);
+
+    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids)
     {
         int B = states.Count, V = Config.VocabSize;
-        if (tokens.Length != B) throw new ArgumentException($"expected {B} tokens, got {tokens.Length}", nameof(tokens));
-        if (logits.Length < B * V) throw new ArgumentException($"logits must hold B*V = {B * V} floats", nameof(logits));
-        // Group by position: one submission per distinct position, in order of first appearance.
-        var groups = new Dictionary<long, List<int>>();
-        for (int i = 0; i < B; i++)
+        IInferenceBackend.CheckStep(tokens, states, greedy, logits, ids, V);
+        lock (_gate)
         {
-            if (!groups.TryGetValue(states[i].Position, out var g)) groups[states[i].Position] = g = [];
-            g.Add(i);
-        }
-        foreach (var idx in groups.Values)
-        {
-            int n = idx.Count;
-            var members = idx.Select(i => states[i]).ToArray();
-            var tok = new int[n];
-            for (int j = 0; j < n; j++) tok[j] = tokens[idx[j]];
-            var gpu = StateFor(n);
-            Upload(members, gpu);
-            if (_logits.Length < n * V) _logits = new float[n * V];
-            _forward.Step(tok, gpu, _logits.AsSpan(0, n * V));
-            Download(gpu, members);
-            for (int j = 0; j < n; j++) _logits.AsSpan(j * V, V).CopyTo(logits.Slice(idx[j] * V, V));
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            DrainReleased();
+            // Every state needs a slot before any is named in the step: a growing pool is
+            // reallocated, which must not happen between filling the slot list and submitting.
+            foreach (var s in states) MakeResident(s);
+            if (_order.Length < B)
+            {
+                _order = new int[B];
+                _tokens = new int[B];
+                _slots = new int[B];
+                _ids = new int[B];
+                _positions = new long[B];
+            }
+            // Logit rows first (in batch order), then the greedy ones.
+            int n = 0;
+            for (int b = 0; b < B; b++) if (greedy.IsEmpty || !greedy[b]) _order[n++] = b;
+            int withLogits = n;
+            for (int b = 0; b < B; b++) if (!greedy.IsEmpty && greedy[b]) _order[n++] = b;
+            for (int r = 0; r < B; r++)
+            {
+                var s = states[_order[r]];
+                _tokens[r] = tokens[_order[r]];
+                _slots[r] = s.Slot;
+                _positions[r] = s.Position;
+            }
+            if (_logits.Length < withLogits * V) _logits = new float[withLogits * V];
+            bool anyGreedy = withLogits < B;
+            _forward.Step(_tokens.AsSpan(0, B), _slots.AsSpan(0, B), _positions.AsSpan(0, B), _pool!,
+                _logits.AsSpan(0, withLogits * V), anyGreedy ? _ids.AsSpan(0, B) : []);
+            for (int r = 0; r < B; r++)
+            {
+                int b = _order[r];
+                states[b].DeviceAdvanced(1);
+                if (r < withLogits)
+                {
+                    _logits.AsSpan(r * V, V).CopyTo(logits.Slice(b * V, V));
+                    if (!ids.IsEmpty) ids[b] = -1;
+                }
+                else ids[b] = _ids[r];
+            }
         }
     }
 
-    private GpuAodState StateFor(int batch)
+    // Gives the state a slot on first sight and uploads it when the host copy is newer.
+    private void MakeResident(SequenceState s)
     {
-        if (_states.TryGetValue(batch, out var e))
+        if (s.Home is null)
         {
-            _states[batch] = (e.State, ++_uses);
-            return e.State;
+            s.Adopt(this, TakeSlot());
         }
-        if (_states.Count >= MaxStateSizes)
+        else if (!ReferenceEquals(s.Home, this))
         {
-            var oldest = _states.MinBy(kv => kv.Value.LastUse);
-            oldest.Value.State.Dispose();
-            _states.Remove(oldest.Key);
+            throw new ArgumentException("the state belongs to another model's backend");
         }
-        var s = _forward.CreateState(batch);
-        _states[batch] = (s, ++_uses);
-        return s;
-    }
-
-    // Host (per sequence, per application D floats) <-> device ((B, D) per application).
-    private void Upload(IReadOnlyList<SequenceState> members, GpuAodState gpu)
-    {
-        int B = members.Count, D = Config.DQkv;
-        if (_stage.Length < B * D) _stage = new float[B * D];
-        var stage = _stage.AsSpan(0, B * D);
+        if (!s.NeedsUpload) return;
+        var set = s.HostForUpload;
         for (int a = 0; a < Config.Applications; a++)
-        {
-            for (int b = 0; b < B; b++) members[b].Set.S[a].CopyTo(stage.Slice(b * D, D));
-            gpu.S[a].Upload(stage);
-            if (gpu.Z is null) continue;
-            for (int b = 0; b < B; b++) members[b].Set.Z![a].CopyTo(stage.Slice(b * D, D));
-            gpu.Z[a].Upload(stage);
-        }
-        gpu.Position = members[0].Position;
+            _pool!.WriteRow(s.Slot, a, set.S[a], set.Z is null ? [] : set.Z[a]);
+        s.Uploaded();
     }
 
-    private void Download(GpuAodState gpu, IReadOnlyList<SequenceState> members)
+    private int TakeSlot()
     {
-        int B = members.Count, D = Config.DQkv;
-        var stage = _stage.AsSpan(0, B * D);
-        for (int a = 0; a < Config.Applications; a++)
-        {
-            gpu.S[a].Download(stage);
-            for (int b = 0; b < B; b++) stage.Slice(b * D, D).CopyTo(members[b].Set.S[a]);
-            if (gpu.Z is null) continue;
-            gpu.Z[a].Download(stage);
-            for (int b = 0; b < B; b++) stage.Slice(b * D, D).CopyTo(members[b].Set.Z![a]);
-        }
-        foreach (var m in members) m.Position = gpu.Position;
+        if (_free.Count > 0) return _free.Pop();
+        if (_pool is null) _pool = _forward.CreatePool(FirstCapacity);
+        else if (_nextSlot == _pool.Capacity) _pool.Grow(_pool.Capacity * 2);
+        return _nextSlot++;
     }
+
+    private void DrainReleased()
+    {
+        while (_released.TryDequeue(out var slot)) _free.Push(slot);
+    }
+
+    public void Pull(int slot, AodStateSet set)
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+                throw new ObjectDisposedException(nameof(PalmModel), "the model was disposed: this session's state lived in its GPU memory and is gone");
+            for (int a = 0; a < Config.Applications; a++)
+                _pool!.ReadRow(slot, a, set.S[a], set.Z is null ? [] : set.Z[a]);
+        }
+    }
+
+    public void Release(int slot) => _released.Enqueue(slot);
 
     public void Dispose()
     {
-        foreach (var (s, _) in _states.Values) s.Dispose();
-        _states.Clear();
-        _forward.Dispose();
-        _ctx.Dispose();
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            _pool?.Dispose();
+            _forward.Dispose();
+            _ctx.Dispose();
+        }
     }
 }

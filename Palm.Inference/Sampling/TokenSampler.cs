@@ -19,6 +19,15 @@ internal sealed class TokenSampler(int vocabSize)
     private readonly double[] _probs = new double[vocabSize];
     private readonly int[] _counts = new int[vocabSize];
 
+    /// <summary>
+    /// True when <see cref="Sample"/> would return the plain argmax of the logits: temperature 0
+    /// with no logit bias and no penalty that applies (none set, or an empty window). A backend
+    /// may then compute the argmax itself and send back only the id.
+    /// </summary>
+    public static bool IsPlainArgmax(in SamplingSettings s, RecentTokens recent) =>
+        s.Temperature <= 0 && (s.LogitBias is null || s.LogitBias.Count == 0) &&
+        (recent.Count == 0 || (s.RepetitionPenalty == 1f && s.PresencePenalty == 0f && s.FrequencyPenalty == 0f));
+
     /// <summary>Picks the next token from <paramref name="logits"/> (V); draws from <paramref name="rng"/> unless greedy.</summary>
     public int Sample(ReadOnlySpan<float> logits, in SamplingSettings s, RecentTokens recent, Rng rng)
     {

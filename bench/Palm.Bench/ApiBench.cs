@@ -1,7 +1,13 @@
 // Engine-API speed (what a game sees): load time, time to first token, batch-1 decode and 32
 // concurrent sessions, for the built-in model and a `small`-shaped model, on the backends asked for.
+// On Vulkan it also reports GPU time per generated token from timestamp queries (the sum of the
+// kernels' GPU times, KernelProfiler), beside wall time per token: the gap is host work,
+// submission and synchronisation. Profiling stays on for the whole Vulkan row (timestamp writes
+// cost some wall time); --no-gpu-time measures the wall time without them.
 using System.Diagnostics;
+using Palm.Gpu.Vulkan;
 using Palm.Inference;
+using Palm.Inference.Backends;
 using Palm.Inference.Checkpoint;
 using Palm.Inference.Model;
 
@@ -9,10 +15,10 @@ namespace Palm.Bench;
 
 public static class ApiBench
 {
-    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32]</c>.</summary>
+    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32] [--no-gpu-time]</c>.</summary>
     public static int Run(string[] args)
     {
-        var backend = Backend.Cpu; int tokens = 256, sessions = 32;
+        var backend = Backend.Cpu; int tokens = 256, sessions = 32; bool gpuTime = true;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -20,6 +26,7 @@ public static class ApiBench
                 case "--backend" when i + 1 < args.Length: backend = args[++i] == "vulkan" ? Backend.Vulkan : Backend.Cpu; break;
                 case "--tokens" when i + 1 < args.Length: tokens = int.Parse(args[++i]); break;
                 case "--sessions" when i + 1 < args.Length: sessions = int.Parse(args[++i]); break;
+                case "--no-gpu-time": gpuTime = false; break;
                 default: Console.Error.WriteLine($"api bench: unknown argument '{args[i]}'"); return 2;
             }
         }
@@ -30,22 +37,36 @@ public static class ApiBench
         p.InitTraining(new Rng(11));
         string small = Path.Combine(Path.GetTempPath(), $"palm-bench-small-{Environment.ProcessId}.palm");
         PalmCheckpoint.FromParameters(p, ck.Tokenizer).Save(small);
-        Console.WriteLine($"| model | backend | load ms | TTFT ms (32-token prompt) | decode tok/s, 1 session | decode tok/s, {sessions} sessions (sum) |");
-        Console.WriteLine("|---|---|---|---|---|---|");
+        Console.WriteLine($"| model | backend | load ms | TTFT ms (32-token prompt) | decode tok/s, 1 session | wall ms/token, 1 session | GPU ms/token, 1 session | decode tok/s, {sessions} sessions (sum) | GPU ms/token, {sessions} sessions |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
         try
         {
             foreach (var (name, path) in new[] { ("built-in palm-kjv", builtin), ("small (random)", small) })
-                Measure(name, path, backend, tokens, sessions).GetAwaiter().GetResult();
+                Measure(name, path, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
         }
         finally { File.Delete(small); }
         return 0;
     }
 
-    private static async Task Measure(string name, string path, Backend backend, int tokens, int sessions)
+    private static async Task Measure(string name, string path, Backend backend, int tokens, int sessions, bool gpuTime)
     {
         var sw = Stopwatch.StartNew();
-        using var model = PalmModel.Load(path, new ModelOptions { Backend = backend });
+        KernelProfiler? profiler = null;
+        PalmModel Load()
+        {
+            if (backend != Backend.Vulkan) return PalmModel.Load(path, new ModelOptions { Backend = backend });
+            // The public loader, but with timestamp queries on: the same checkpoint, tokenizer and backend.
+            var ck = PalmCheckpoint.Load(path);
+            var parameters = ck.ToParameters();
+            var vk = VulkanBackend.Create(parameters, VulkanOptions.FromEnvironment() with { Profile = gpuTime });
+            profiler = vk.Context.Profiler;
+            return PalmModel.Create(parameters, ck.Tokenizer!.ToTokenizer(), vk);
+        }
+        using var model = Load();
         double loadMs = sw.Elapsed.TotalMilliseconds;
+        // GPU milliseconds per generated token since the last reset: every kernel of the run,
+        // the prompt's prefill included (amortised over the generated tokens).
+        double GpuMsPerToken(int generated) => profiler is null ? double.NaN : profiler.Totals.Values.Sum(t => t.Ns) / 1e6 / generated;
         // Never stop at end-of-text, so every run generates exactly `tokens` tokens.
         var noEot = new Dictionary<int, float> { [model.Tokenizer.EotId] = float.NegativeInfinity };
         // The `small` model has more ids than the tokenizer it borrows: never sample those.
@@ -62,12 +83,21 @@ public static class ApiBench
             return (ttft, t.Elapsed.TotalSeconds, s.LastResult!.GeneratedTokens);
         }
         await One(1);                                   // warm-up
-        var runs = new List<(double Ttft, double Total, int Tokens)>();
-        for (int r = 0; r < 3; r++) runs.Add(await One((ulong)r));
+        var runs = new List<(double Ttft, double Total, int Tokens, double GpuMs)>();
+        for (int r = 0; r < 3; r++)
+        {
+            profiler?.Clear();
+            var (ttft, total, n) = await One((ulong)r);
+            runs.Add((ttft, total, n, GpuMsPerToken(n)));
+        }
         var med = runs.OrderBy(x => x.Total).ElementAt(1);
+        profiler?.Clear();
         sw.Restart();
         var all = await Task.WhenAll(Enumerable.Range(0, sessions).Select(i => One((ulong)i)));
         double concurrent = all.Sum(a => a.Tokens) / sw.Elapsed.TotalSeconds;
-        Console.WriteLine($"| {name} | {model.BackendDescription.Split(';')[0]} | {loadMs:F0} | {runs.Select(x => x.Ttft).Order().ElementAt(1):F1} | {med.Tokens / med.Total:F0} | {concurrent:F0} |");
+        double gpuConcurrent = GpuMsPerToken(all.Sum(a => a.Tokens));
+        static string Ms(double v) => double.IsNaN(v) ? "-" : v.ToString("F3", System.Globalization.CultureInfo.InvariantCulture);
+        Console.WriteLine($"| {name} | {model.BackendDescription.Split(';')[0]} | {loadMs:F0} | {runs.Select(x => x.Ttft).Order().ElementAt(1):F1} | {med.Tokens / med.Total:F0} | " +
+                          $"{Ms(1000 * med.Total / med.Tokens)} | {Ms(med.GpuMs)} | {concurrent:F0} | {Ms(gpuConcurrent)} |");
     }
 }

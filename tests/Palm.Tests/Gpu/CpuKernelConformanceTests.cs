@@ -32,12 +32,12 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
 
     protected override void Embedding(int[] idx, float[] table, int V, int C, float[] y) => Kernels.Embedding.Reference(idx, table, V, C, y);
 
-    protected override void Aod(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H, bool hasState, float[] s, float[]? z, float[] y)
+    protected override void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y)
     {
         // The reference always carries a state; a fresh scan is a zero state that is discarded.
-        var sRun = hasState ? s : new float[B * D];
-        var zRun = z is null ? null : hasState ? z : new float[B * D];
-        Kernels.Aod.Reference(qkv, cos, sin, B, T, D, H, sRun, zRun, z is not null, y);
+        var sRun = slots is not null ? s : new float[B * D];
+        var zRun = z is null ? null : slots is not null ? z : new float[B * D];
+        Kernels.Aod.Reference(qkv, cos, sin, ropePerRow, slots, B, T, D, H, sRun, zRun, z is not null, y);
     }
 
     protected override void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output) =>
@@ -51,9 +51,10 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
     protected override void Argmax(float[] logits, int rows, int V, int[] idx) =>
         Kernels.CrossEntropy.ArgmaxReference(logits, rows, V, idx);
 
-    protected override (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H,
-        bool hasState, float[] s, float[]? z)
+    protected override (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H,
+        int[]? slots, float[] s, float[]? z)
     {
+        var hasState = slots is not null;
         // The spec's order in float64: rmsnorm, then rope, per head; then gate and scan.
         int hd = D / H, half = hd / 2;
         var y = new double[B * T * D];
@@ -63,11 +64,12 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
         {
             var sRun = new double[D];
             var zRun = new double[D];
+            var at = hasState ? slots![b] * D : 0;
             if (hasState)
                 for (var j = 0; j < D; j++)
                 {
-                    sRun[j] = s[b * D + j];
-                    if (z is not null) zRun[j] = z[b * D + j];
+                    sRun[j] = s[at + j];
+                    if (z is not null) zRun[j] = z[at + j];
                 }
             for (var t = 0; t < T; t++)
             {
@@ -83,7 +85,8 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
                         for (var c = 0; c < half; c++)
                         {
                             double a = qkv[src + c] * scale, bb = qkv[src + half + c] * scale;
-                            double cs = cos[t * half + c], sn = sin[t * half + c];
+                            var r = (ropePerRow ? b * T + t : t) * half;
+                            double cs = cos[r + c], sn = sin[r + c];
                             dst[h * hd + c] = a * cs + bb * sn;
                             dst[h * hd + half + c] = -a * sn + bb * cs;
                         }
@@ -100,8 +103,8 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
             if (hasState)
                 for (var j = 0; j < D; j++)
                 {
-                    sOut[b * D + j] = sRun[j];
-                    if (zOut is not null) zOut[b * D + j] = zRun[j];
+                    sOut[at + j] = sRun[j];
+                    if (zOut is not null) zOut[at + j] = zRun[j];
                 }
         }
         return (y, sOut, zOut);

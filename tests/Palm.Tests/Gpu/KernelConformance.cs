@@ -30,8 +30,9 @@ public abstract class KernelConformance
     protected abstract void LinearF16(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y);
     protected abstract void RmsNorm(float[] x, int rows, int cols, float[] y);
     protected abstract void Embedding(int[] idx, float[] table, int V, int C, float[] y);
-    /// <summary>qkv (B*T, 3D), cos/sin (T, hd/2); s, z (B, D) in/out (z null for sum mixing); y (B*T, D).</summary>
-    protected abstract void Aod(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H, bool hasState, float[] s, float[]? z, float[] y);
+    /// <summary>qkv (B*T, 3D), cos/sin (T, hd/2) or per row (B*T, hd/2); s, z (capacity, D) in/out with sequence b
+    /// in row slots[b], or slots null for a fresh scan that leaves them alone (z null for sum mixing); y (B*T, D).</summary>
+    protected abstract void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y);
     protected abstract void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output);
     protected abstract void Add(float[] y, float[] x);
     protected abstract void CrossEntropy(float[] logits, int[] targets, int V, float[] loss);
@@ -43,9 +44,9 @@ public abstract class KernelConformance
     protected abstract double[] LinearF16Expected(float[] x, float[] w, int M, int N, int K, bool relu2);
     protected abstract double[] RmsNormExpected(float[] x, int rows, int cols);
     protected abstract double[] EmbeddingExpected(int[] idx, float[] table, int V, int C);
-    /// <summary>y (B*T, D) and the states after the tokens (unchanged inputs when !hasState).</summary>
-    protected abstract (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H,
-        bool hasState, float[] s, float[]? z);
+    /// <summary>y (B*T, D) and the state pools after the tokens (unchanged inputs when slots is null).</summary>
+    protected abstract (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H,
+        int[]? slots, float[] s, float[]? z);
     protected abstract double[] SwiGluExpected(float[] ab, int rows, int n, bool residual, float[] output);
     protected abstract double[] CrossEntropyExpected(float[] logits, int[] targets, int V);
     protected abstract int[] ArgmaxExpected(float[] logits, int rows, int V);
@@ -143,27 +144,37 @@ public abstract class KernelConformance
     }
 
     [ConformanceTheory]
-    [InlineData(1, 1, 1, 4, false, false, 0)]
-    [InlineData(2, 1, 3, 8, true, true, 7)]          // a decoding step: B sequences, one token each
-    [InlineData(1, 37, 2, 12, false, true, 0)]       // hd not a power of two, T prime
-    [InlineData(3, 130, 1, 4, true, false, 4990)]    // T past a workgroup, positions near 5000
-    [InlineData(2, 5, 5, 16, true, true, 3)]         // H prime: 5 heads in one workgroup
-    [InlineData(1, 3, 3, 64, false, true, 0)]        // one head per workgroup, 3 workgroups
-    [InlineData(2, 9, 4, 48, false, false, 1)]       // 2 heads of 48 per workgroup
-    public void Aod_matches_reference(int B, int T, int H, int hd, bool mean, bool hasState, int pos0)
+    [InlineData(1, 1, 1, 4, false, false, 0, false)]
+    [InlineData(2, 1, 3, 8, true, true, 7, false)]          // a decoding step: B sequences, one token each
+    [InlineData(5, 1, 3, 8, true, true, 7, true)]           // a decoding step at five different positions
+    [InlineData(3, 1, 2, 12, false, true, 4990, true)]      // positions near 5000, one per row
+    [InlineData(1, 37, 2, 12, false, true, 0, false)]       // hd not a power of two, T prime
+    [InlineData(2, 6, 2, 8, true, true, 11, true)]          // per-row tables with T > 1
+    [InlineData(3, 130, 1, 4, true, false, 4990, false)]    // T past a workgroup, positions near 5000
+    [InlineData(2, 5, 5, 16, true, true, 3, false)]         // H prime: 5 heads in one workgroup
+    [InlineData(1, 3, 3, 64, false, true, 0, false)]        // one head per workgroup, 3 workgroups
+    [InlineData(2, 9, 4, 48, false, false, 1, true)]        // 2 heads of 48 per workgroup
+    public void Aod_matches_reference(int B, int T, int H, int hd, bool mean, bool hasState, int pos0, bool perRow)
     {
         var D = H * hd;
         var qkv = Uniform(B * T * 3 * D, 2.0);
-        var cos = new float[T * hd / 2];
-        var sin = new float[T * hd / 2];
-        Palm.Gpu.Kernels.Aod.RopeTables(hd, pos0, T, cos, sin);
-        var s = Uniform(B * D, 3.0);
-        var z = mean ? Array.ConvertAll(Uniform(B * D), v => 2f + v) : null;   // sums of sigmoids: positive
-        var (ys, ss, zs) = AodExpected(qkv, cos, sin, B, T, D, H, hasState, (float[])s.Clone(), (float[]?)z?.Clone());
+        // Per row: sequence b starts at pos0 + 97 b, so every row needs its own angles.
+        var ropeRows = perRow ? B * T : T;
+        var cos = new float[ropeRows * hd / 2];
+        var sin = new float[ropeRows * hd / 2];
+        for (var b = 0; b < (perRow ? B : 1); b++)
+            Palm.Gpu.Kernels.Aod.RopeTables(hd, pos0 + 97 * b, T, cos.AsSpan(b * T * hd / 2), sin.AsSpan(b * T * hd / 2));
+        // A pool with more rows than sequences, the sequences in shuffled rows: rows outside
+        // the slots must come back unchanged, and a sequence must use its own row.
+        var capacity = B + 3;
+        var slots = hasState ? Enumerable.Range(0, capacity).OrderBy(_ => Rng.Next()).Take(B).ToArray() : null;
+        var s = Uniform(capacity * D, 3.0);
+        var z = mean ? Array.ConvertAll(Uniform(capacity * D), v => 2f + v) : null;   // sums of sigmoids: positive
+        var (ys, ss, zs) = AodExpected(qkv, cos, sin, perRow, B, T, D, H, slots, (float[])s.Clone(), (float[]?)z?.Clone());
         var y = Poisoned(B * T * D);
-        Aod(qkv, cos, sin, B, T, D, H, hasState, s, z, y);
+        Aod(qkv, cos, sin, perRow, B, T, D, H, slots, s, z, y);
         // The scan adds T terms: errors grow like sqrt(T) relative to the running sums' size.
-        var what = $"aod B={B} T={T} H={H} hd={hd} mean={mean} state={hasState} pos0={pos0}";
+        var what = $"aod B={B} T={T} H={H} hd={hd} mean={mean} state={hasState} pos0={pos0} perRow={perRow} slots=[{string.Join(",", slots ?? [])}]";
         Tolerance.AssertClose(y, ys, Tolerance.ForReduction(T + hd) * Math.Max(1, MaxAbs(ys)), Tolerance.F32Rtol, what + " y", Seed, D);
         Tolerance.AssertClose(s, ss, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(ss)), Tolerance.F32Rtol, what + " S", Seed, D);
         if (mean) Tolerance.AssertClose(z!, zs!, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(zs!)), Tolerance.F32Rtol, what + " Z", Seed, D);

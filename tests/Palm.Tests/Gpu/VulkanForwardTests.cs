@@ -180,3 +180,115 @@ public sealed class RopeTableTests
         Numerics.AssertClose(got, r.Output.Data, 1e-5, 0, $"rope hd={hd}", i => $"(pos {r.Positions[i / hd]}, ch {i % hd})");
     }
 }
+
+/// <summary>
+/// The slot-addressed decoding path of VulkanForward (a state pool, per-row positions) against
+/// the CPU reference model's Step: sequences at different positions in one submission, states in
+/// shuffled rows of a pool that grows while it holds them, last-row prefill, argmax ids.
+/// </summary>
+[Collection("Vulkan")]
+public sealed class VulkanPoolDecodingTests : IDisposable
+{
+    const double Atol = 1e-4, Rtol = 1e-4;
+    readonly VulkanFixture fixture;
+
+    public VulkanPoolDecodingTests(VulkanFixture fixture)
+    {
+        this.fixture = fixture;
+        fixture.Context?.Messenger?.Clear();
+    }
+
+    public void Dispose()
+    {
+        if (fixture.Context is { } ctx) Validation.AssertClean(ctx, nameof(VulkanPoolDecodingTests));
+    }
+
+    [VulkanFact]
+    public void Sequences_at_different_positions_step_in_one_submission_and_match_the_reference()
+    {
+        var ctx = fixture.Require();
+        var m = Palm.Tests.Api.TinyModel.Shared;
+        var p = m.Parameters;
+        int V = p.Config.VocabSize;
+        var reference = new Palm.Inference.Cpu.CpuReferenceModel(p);
+        using var fwd = new VulkanForward(ctx, Palm.Inference.Backends.GpuMapping.ToGpu(p.Config), Palm.Inference.Backends.GpuMapping.ToGpuWeights(p));
+        using var pool = fwd.CreatePool(2);
+        var rng = new Rng(TestSeed.Next());
+        // Prompt lengths 1, 3, 4, 6: four different positions. Rows 5, 0, 3, 1 of a pool that
+        // has 2 rows when the first two prefill and grows to 6 before the rest.
+        int[] lengths = [1, 3, 4, 6], slots = [5, 0, 3, 1];
+        int B = lengths.Length;
+        var refStates = new Palm.Inference.Cpu.AodStateSet[B];
+        var positions = new long[B];
+        var last = new float[V];
+        foreach (var b in new[] { 1, 3, 0, 2 })
+        {
+            if (slots[b] >= pool.Capacity) pool.Grow(6);
+            var ids = Enumerable.Range(0, lengths[b]).Select(_ => rng.NextInt(V)).ToArray();
+            refStates[b] = new Palm.Inference.Cpu.AodStateSet(p.Config, 1);
+            // Pool rows start undefined: a new sequence's row is written (zeros) before it is read.
+            for (var app = 0; app < p.Config.Applications; app++)
+                pool.WriteRow(slots[b], app, refStates[b].S[app], p.Config.Mix == AodMix.Mean ? refStates[b].Z![app] : []);
+            var want = reference.Forward(ids, 1, ids.Length, refStates[b]).AsSpan((ids.Length - 1) * V, V).ToArray();
+            fwd.Prefill(ids, slots[b], 0, pool, last);
+            Numerics.AssertClose(last, want, Atol, Rtol, $"pool prefill b={b} T={ids.Length} {m.Describe}");
+            positions[b] = ids.Length;
+        }
+        Assert.Equal(6, pool.Capacity);
+
+        var logits = new float[B * V];
+        var ids2 = new int[B];
+        var wantRow = new float[V];
+        for (var step = 0; step < 3; step++)
+        {
+            var tok = Enumerable.Range(0, B).Select(_ => rng.NextInt(V)).ToArray();
+            var before = fwd.Recorder.Submissions;
+            // Logits of every row on even steps; ids only, and logits of the first row, on odd ones.
+            var rows = step % 2 == 0 ? B : 1;
+            Array.Fill(logits, float.NaN);
+            Array.Fill(ids2, -7);
+            fwd.Step(tok, slots, positions, pool, logits.AsSpan(0, rows * V), step % 2 == 0 ? [] : ids2);
+            Assert.Equal(before + 1, fwd.Recorder.Submissions);
+            for (var b = 0; b < B; b++)
+            {
+                reference.Step([tok[b]], refStates[b], wantRow);
+                if (b < rows)
+                    Numerics.AssertClose(logits.AsSpan(b * V, V), wantRow, Atol, Rtol, $"pool step {step} row {b} at position {positions[b]} {m.Describe}");
+                if (step % 2 == 1)
+                {
+                    // A float32 difference may flip the argmax only at a near-tie of the two best.
+                    var sorted = wantRow.OrderDescending().ToArray();
+                    if (sorted[0] - sorted[1] > 1e-3f)
+                        Assert.True(Palm.Inference.Sampling.Sampler.ArgMax(wantRow) == ids2[b], $"step {step} row {b}: GPU argmax {ids2[b]}, reference {Palm.Inference.Sampling.Sampler.ArgMax(wantRow)} {m.Describe}");
+                }
+                positions[b]++;
+            }
+        }
+        // Each sequence's row holds the reference's state after all it was fed.
+        var s = new float[p.Config.DQkv];
+        var z = new float[p.Config.DQkv];
+        for (var b = 0; b < B; b++)
+            for (var app = 0; app < p.Config.Applications; app++)
+            {
+                pool.ReadRow(slots[b], app, s, p.Config.Mix == AodMix.Mean ? z : []);
+                Numerics.AssertClose(s, refStates[b].S[app], Atol, Rtol, $"pool row {slots[b]} S app {app} {m.Describe}");
+                if (p.Config.Mix == AodMix.Mean) Numerics.AssertClose(z, refStates[b].Z![app], Atol, Rtol, $"pool row {slots[b]} Z app {app}");
+            }
+    }
+
+    [VulkanFact]
+    public void Step_rejects_repeated_and_out_of_range_slots()
+    {
+        var ctx = fixture.Require();
+        var p = Palm.Tests.Api.TinyModel.Shared.Parameters;
+        using var fwd = new VulkanForward(ctx, Palm.Inference.Backends.GpuMapping.ToGpu(p.Config), Palm.Inference.Backends.GpuMapping.ToGpuWeights(p));
+        using var pool = fwd.CreatePool(3);
+        var logits = new float[2 * p.Config.VocabSize];
+        Assert.Throws<ArgumentException>(() => fwd.Step([1, 2], [1, 1], [0, 0], pool, logits, []));
+        Assert.Throws<ArgumentOutOfRangeException>(() => fwd.Step([1, 2], [0, 3], [0, 0], pool, logits, []));
+        Assert.Throws<ArgumentOutOfRangeException>(() => fwd.Step([1, 2], [0, 1], [0, -1], pool, logits, []));
+        Assert.Throws<ArgumentException>(() => fwd.Step([1, 2], [0, 1], [0, 0], pool, logits.AsSpan(1), []));
+        // A rejected batch leaves the duplicate check clean: the same rows are fine on their own.
+        fwd.Step([1, 2], [0, 1], [0, 0], pool, logits, []);
+    }
+}

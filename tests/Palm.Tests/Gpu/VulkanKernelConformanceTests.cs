@@ -124,16 +124,19 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         Run(y, ty, rec => Kernels.Embedding.Record(rec, Ctx, ti, te, ty));
     }
 
-    protected override void Aod(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H, bool hasState, float[] s, float[]? z, float[] y)
+    protected override void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y)
     {
         var hd = D / H;
+        var ropeRows = ropePerRow ? B * T : T;
         using var tq = Ctx.CreateTensor(qkv, GpuDType.F32, B * T, 3 * D);
-        using var tc = Ctx.CreateTensor(cos, GpuDType.F32, T, hd / 2);
-        using var ts = Ctx.CreateTensor(sin, GpuDType.F32, T, hd / 2);
-        using var tS = Ctx.CreateTensor(s, GpuDType.F32, B, D);
-        using var tZ = z is null ? null : Ctx.CreateTensor(z, GpuDType.F32, B, D);
+        using var tc = Ctx.CreateTensor(cos, GpuDType.F32, ropeRows, hd / 2);
+        using var ts = Ctx.CreateTensor(sin, GpuDType.F32, ropeRows, hd / 2);
+        using var tSlots = slots is null ? null : Ctx.CreateTensor(GpuDType.I32, B);
+        tSlots?.Upload(slots!);
+        using var tS = Ctx.CreateTensor(s, GpuDType.F32, s.Length / D, D);
+        using var tZ = z is null ? null : Ctx.CreateTensor(z, GpuDType.F32, z.Length / D, D);
         using var ty = Ctx.CreateTensor(GpuDType.F32, B * T, D);
-        Run(y, ty, rec => Kernels.Aod.Record(rec, Ctx, tq, tc, ts, B, T, H, hasState, tS, tZ, ty));
+        Run(y, ty, rec => Kernels.Aod.Record(rec, Ctx, tq, tc, ts, ropePerRow, B, T, H, tSlots, tS, tZ, ty));
         tS.Download(s);
         tZ?.Download(z);
     }
@@ -172,13 +175,14 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         ti.Download(idx);
     }
 
-    protected override (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, int B, int T, int D, int H,
-        bool hasState, float[] s, float[]? z)
+    protected override (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H,
+        int[]? slots, float[] s, float[]? z)
     {
+        var hasState = slots is not null;
         var y = new float[B * T * D];
         var sRun = hasState ? (float[])s.Clone() : new float[B * D];
         var zRun = z is null ? null : hasState ? (float[])z.Clone() : new float[B * D];
-        Kernels.Aod.Reference(qkv, cos, sin, B, T, D, H, sRun, zRun, z is not null, y);
+        Kernels.Aod.Reference(qkv, cos, sin, ropePerRow, slots, B, T, D, H, sRun, zRun, z is not null, y);
         return (D2(y), D2(hasState ? sRun : s), z is null ? null : D2(hasState ? zRun! : z));
     }
 

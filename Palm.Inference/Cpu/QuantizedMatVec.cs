@@ -69,7 +69,10 @@ internal static unsafe class QuantizedMatVec
         fixed (byte* pd = data) fixed (byte* ps = scales) fixed (float* px = x) fixed (float* py = y)
         {
             var m = new Matrix(w.DType, pd, data.Length, ps, w.GroupSize, k);
-            for (int i = 0; i < n; i++) py[i] = RowDot(isa, m, i, px);
+            int i = 0;
+            if (isa == QuantIsa.Avx512 && w.GroupSize % 16 == 0) i = Rows4x512(m, n, px, py);
+            else if (isa == QuantIsa.Avx2 && w.GroupSize % 8 == 0) i = Rows4x256(m, n, px, py);
+            for (; i < n; i++) py[i] = RowDot(isa, m, i, px);
         }
     }
 
@@ -162,10 +165,21 @@ internal static unsafe class QuantizedMatVec
         public readonly int K = k;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public float Scale(long g) => Q8 ? ((float*)Scales)[g] : (float)BitConverter.UInt16BitsToHalf(((ushort*)Scales)[g]);
+        public float Scale(long g) => Q8 ? ((float*)Scales)[g] : HalfToSingle(((ushort*)Scales)[g]);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public int Level(long i) => Q8 ? (sbyte)Data[i] : ((Data[i >> 1] >> (int)(4 * (i & 1))) & 0xF) - 8;
+    }
+
+    // float16 bits -> float32, exactly, for every finite value: the half's exponent and mantissa
+    // placed in a float's fields are the value times 2^-112 (subnormal halves land on float
+    // subnormals with the same digits), so one multiply by 2^112 rescales. Beats the Half cast,
+    // which runs once per group here.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float HalfToSingle(ushort h)
+    {
+        float magnitude = BitConverter.Int32BitsToSingle((h & 0x7FFF) << 13) * 5.192296858534828e33f; // 2^112
+        return (h & 0x8000) != 0 ? -magnitude : magnitude;
     }
 
     // Lane j of a q4 step reads byte (p + j) >> 1 and shifts it by 4 * ((p + j) & 1), p the parity
@@ -185,11 +199,11 @@ internal static unsafe class QuantizedMatVec
     // 16 q4 levels starting at nibble parity `odd` of byte p as floats (reads 16 bytes: the caller
     // guarantees they exist).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Q4x16(byte* p, bool odd)
+    private static Vector512<float> Q4x16(byte* p, Vector128<byte> pick, Vector512<uint> shift)
     {
-        var bytes = Ssse3.Shuffle(Vector128.Load(p), odd ? s_nibbleBytesOdd : s_nibbleBytesEven);
+        var bytes = Ssse3.Shuffle(Vector128.Load(p), pick);
         var wide = Avx512F.ConvertToVector512Int32(bytes).AsUInt32();
-        var nib = Avx512F.ShiftRightLogicalVariable(wide, odd ? s_shift512Odd : s_shift512Even) & Vector512.Create(0xFu);
+        var nib = Avx512F.ShiftRightLogicalVariable(wide, shift) & Vector512.Create(0xFu);
         return Avx512F.ConvertToVector512Single(nib.AsInt32() - Vector512.Create(8));
     }
 
@@ -200,12 +214,126 @@ internal static unsafe class QuantizedMatVec
     // 8 q4 levels starting at nibble parity `odd` of byte p as floats (reads 8 bytes: the caller
     // guarantees they exist).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Q4x8(byte* p, bool odd)
+    private static Vector256<float> Q4x8(byte* p, Vector128<byte> pick, Vector256<uint> shift)
     {
-        var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(ulong*)p).AsByte(), odd ? s_nibbleBytesOdd : s_nibbleBytesEven);
+        var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(ulong*)p).AsByte(), pick);
         var wide = Avx2.ConvertToVector256Int32(bytes).AsUInt32();
-        var nib = Avx2.ShiftRightLogicalVariable(wide, odd ? s_shift256Odd : s_shift256Even) & Vector256.Create(0xFu);
+        var nib = Avx2.ShiftRightLogicalVariable(wide, shift) & Vector256.Create(0xFu);
         return Avx.ConvertToVector256Single(nib.AsInt32() - Vector256.Create(8));
+    }
+
+    // Four rows at a time when every group is whole vector steps (G % 16 == 0; for q4 this also
+    // makes every row and group start on a byte): x is loaded once for four rows, and the four
+    // accumulator chains are independent, which short rows (k = 64: four steps) need to keep the
+    // FMA units busy. Returns the first row left for the single-row path (the last ones when a
+    // q4 step would read past the data).
+    private static int Rows4x512(in Matrix w, int n, float* x, float* y)
+    {
+        int G = w.G, K = w.K, groups = K / G, gpr = groups;
+        int i = 0;
+        for (; i + 4 <= n; i += 4)
+        {
+            long e0 = (long)i * K;
+            if (!w.Q8 && (e0 + 4L * K) / 2 + 8 > w.DataBytes) break;
+            var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+            float* s0 = null; ushort* h0 = null;
+            if (w.Q8) s0 = (float*)w.Scales + (long)i * gpr; else h0 = (ushort*)w.Scales + (long)i * gpr;
+            for (int gk = 0; gk < groups; gk++)
+            {
+                var g0 = Vector512<float>.Zero; var g1 = g0; var g2 = g0; var g3 = g0;
+                float* xg = x + gk * G;
+                if (w.Q8)
+                {
+                    byte* p = w.Data + e0 + (long)gk * G;
+                    for (int j = 0; j < G; j += 16)
+                    {
+                        var xv = Vector512.Load(xg + j);
+                        g0 = Vector512.FusedMultiplyAdd(Q8x16(p + j), xv, g0);
+                        g1 = Vector512.FusedMultiplyAdd(Q8x16(p + K + j), xv, g1);
+                        g2 = Vector512.FusedMultiplyAdd(Q8x16(p + 2 * K + j), xv, g2);
+                        g3 = Vector512.FusedMultiplyAdd(Q8x16(p + 3 * K + j), xv, g3);
+                    }
+                    a0 = Vector512.FusedMultiplyAdd(g0, Vector512.Create(s0[gk]), a0);
+                    a1 = Vector512.FusedMultiplyAdd(g1, Vector512.Create(s0[gpr + gk]), a1);
+                    a2 = Vector512.FusedMultiplyAdd(g2, Vector512.Create(s0[2 * gpr + gk]), a2);
+                    a3 = Vector512.FusedMultiplyAdd(g3, Vector512.Create(s0[3 * gpr + gk]), a3);
+                }
+                else
+                {
+                    byte* p = w.Data + (e0 + (long)gk * G) / 2;
+                    int rb = K / 2;   // bytes per row (K is even here)
+                    for (int j = 0; j < G; j += 16)
+                    {
+                        var xv = Vector512.Load(xg + j);
+                        g0 = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g0);
+                        g1 = Vector512.FusedMultiplyAdd(Q4x16(p + rb + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g1);
+                        g2 = Vector512.FusedMultiplyAdd(Q4x16(p + 2 * rb + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g2);
+                        g3 = Vector512.FusedMultiplyAdd(Q4x16(p + 3 * rb + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g3);
+                    }
+                    a0 = Vector512.FusedMultiplyAdd(g0, Vector512.Create(HalfToSingle(h0[gk])), a0);
+                    a1 = Vector512.FusedMultiplyAdd(g1, Vector512.Create(HalfToSingle(h0[gpr + gk])), a1);
+                    a2 = Vector512.FusedMultiplyAdd(g2, Vector512.Create(HalfToSingle(h0[2 * gpr + gk])), a2);
+                    a3 = Vector512.FusedMultiplyAdd(g3, Vector512.Create(HalfToSingle(h0[3 * gpr + gk])), a3);
+                }
+            }
+            y[i] = Vector512.Sum(a0); y[i + 1] = Vector512.Sum(a1); y[i + 2] = Vector512.Sum(a2); y[i + 3] = Vector512.Sum(a3);
+        }
+        return i;
+    }
+
+    // Rows4x512 with 8-wide steps (G % 8 == 0).
+    private static int Rows4x256(in Matrix w, int n, float* x, float* y)
+    {
+        int G = w.G, K = w.K, groups = K / G, gpr = groups;
+        int i = 0;
+        for (; i + 4 <= n; i += 4)
+        {
+            long e0 = (long)i * K;
+            if (!w.Q8 && (e0 + 4L * K) / 2 + 4 > w.DataBytes) break;
+            var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+            float* s0 = null; ushort* h0 = null;
+            if (w.Q8) s0 = (float*)w.Scales + (long)i * gpr; else h0 = (ushort*)w.Scales + (long)i * gpr;
+            for (int gk = 0; gk < groups; gk++)
+            {
+                var g0 = Vector256<float>.Zero; var g1 = g0; var g2 = g0; var g3 = g0;
+                float* xg = x + gk * G;
+                if (w.Q8)
+                {
+                    byte* p = w.Data + e0 + (long)gk * G;
+                    for (int j = 0; j < G; j += 8)
+                    {
+                        var xv = Vector256.Load(xg + j);
+                        g0 = Fma.MultiplyAdd(Q8x8(p + j), xv, g0);
+                        g1 = Fma.MultiplyAdd(Q8x8(p + K + j), xv, g1);
+                        g2 = Fma.MultiplyAdd(Q8x8(p + 2 * K + j), xv, g2);
+                        g3 = Fma.MultiplyAdd(Q8x8(p + 3 * K + j), xv, g3);
+                    }
+                    a0 = Fma.MultiplyAdd(g0, Vector256.Create(s0[gk]), a0);
+                    a1 = Fma.MultiplyAdd(g1, Vector256.Create(s0[gpr + gk]), a1);
+                    a2 = Fma.MultiplyAdd(g2, Vector256.Create(s0[2 * gpr + gk]), a2);
+                    a3 = Fma.MultiplyAdd(g3, Vector256.Create(s0[3 * gpr + gk]), a3);
+                }
+                else
+                {
+                    byte* p = w.Data + (e0 + (long)gk * G) / 2;
+                    int rb = K / 2;
+                    for (int j = 0; j < G; j += 8)
+                    {
+                        var xv = Vector256.Load(xg + j);
+                        g0 = Fma.MultiplyAdd(Q4x8(p + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g0);
+                        g1 = Fma.MultiplyAdd(Q4x8(p + rb + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g1);
+                        g2 = Fma.MultiplyAdd(Q4x8(p + 2 * rb + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g2);
+                        g3 = Fma.MultiplyAdd(Q4x8(p + 3 * rb + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g3);
+                    }
+                    a0 = Fma.MultiplyAdd(g0, Vector256.Create(HalfToSingle(h0[gk])), a0);
+                    a1 = Fma.MultiplyAdd(g1, Vector256.Create(HalfToSingle(h0[gpr + gk])), a1);
+                    a2 = Fma.MultiplyAdd(g2, Vector256.Create(HalfToSingle(h0[2 * gpr + gk])), a2);
+                    a3 = Fma.MultiplyAdd(g3, Vector256.Create(HalfToSingle(h0[3 * gpr + gk])), a3);
+                }
+            }
+            y[i] = Vector256.Sum(a0); y[i + 1] = Vector256.Sum(a1); y[i + 2] = Vector256.Sum(a2); y[i + 3] = Vector256.Sum(a3);
+        }
+        return i;
     }
 
     // Σ_j W[row, j] x[j].
@@ -245,15 +373,17 @@ internal static unsafe class QuantizedMatVec
             else
             {
                 bool odd = (s & 1) != 0;
+                var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                var shift = odd ? s_shift512Odd : s_shift512Even;
                 byte* p = w.Data + (s >> 1);
                 // A step reads 16 bytes from p + j/2; near the end of the data the rest goes scalar.
                 long safe = w.DataBytes - 16 - (s >> 1);
                 for (; j + 32 <= G && j / 2 + 8 <= safe; j += 32)
                 {
-                    ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, odd), Vector512.Load(xg + j), ga);
-                    gb = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2 + 8, odd), Vector512.Load(xg + j + 16), gb);
+                    ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, pick, shift), Vector512.Load(xg + j), ga);
+                    gb = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2 + 8, pick, shift), Vector512.Load(xg + j + 16), gb);
                 }
-                for (; j + 16 <= G && j / 2 <= safe; j += 16) ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, odd), Vector512.Load(xg + j), ga);
+                for (; j + 16 <= G && j / 2 <= safe; j += 16) ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, pick, shift), Vector512.Load(xg + j), ga);
             }
             float partial = 0;
             for (; j < G; j++) partial += w.Level(s + j) * xg[j];
@@ -291,15 +421,17 @@ internal static unsafe class QuantizedMatVec
             else
             {
                 bool odd = (s & 1) != 0;
+                var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                var shift = odd ? s_shift256Odd : s_shift256Even;
                 byte* p = w.Data + (s >> 1);
                 // A step reads 8 bytes from p + j/2; near the end of the data the rest goes scalar.
                 long safe = w.DataBytes - 8 - (s >> 1);
                 for (; j + 16 <= G && j / 2 + 4 <= safe; j += 16)
                 {
-                    ga = Fma.MultiplyAdd(Q4x8(p + j / 2, odd), Vector256.Load(xg + j), ga);
-                    gb = Fma.MultiplyAdd(Q4x8(p + j / 2 + 4, odd), Vector256.Load(xg + j + 8), gb);
+                    ga = Fma.MultiplyAdd(Q4x8(p + j / 2, pick, shift), Vector256.Load(xg + j), ga);
+                    gb = Fma.MultiplyAdd(Q4x8(p + j / 2 + 4, pick, shift), Vector256.Load(xg + j + 8), gb);
                 }
-                for (; j + 8 <= G && j / 2 <= safe; j += 8) ga = Fma.MultiplyAdd(Q4x8(p + j / 2, odd), Vector256.Load(xg + j), ga);
+                for (; j + 8 <= G && j / 2 <= safe; j += 8) ga = Fma.MultiplyAdd(Q4x8(p + j / 2, pick, shift), Vector256.Load(xg + j), ga);
             }
             float partial = 0;
             for (; j < G; j++) partial += w.Level(s + j) * xg[j];
@@ -346,9 +478,11 @@ internal static unsafe class QuantizedMatVec
                 else
                 {
                     bool odd = (s & 1) != 0;
+                    var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                    var shift = odd ? s_shift512Odd : s_shift512Even;
                     byte* p = w.Data + (s >> 1);
                     long safe = w.DataBytes - 16 - (s >> 1);
-                    for (; j + 16 <= G && j / 2 <= safe; j += 16) (Q4x16(p + j / 2, odd) * sv).Store(d + j);
+                    for (; j + 16 <= G && j / 2 <= safe; j += 16) (Q4x16(p + j / 2, pick, shift) * sv).Store(d + j);
                 }
             }
             else if (isa == QuantIsa.Avx2)
@@ -358,9 +492,11 @@ internal static unsafe class QuantizedMatVec
                 else
                 {
                     bool odd = (s & 1) != 0;
+                    var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                    var shift = odd ? s_shift256Odd : s_shift256Even;
                     byte* p = w.Data + (s >> 1);
                     long safe = w.DataBytes - 8 - (s >> 1);
-                    for (; j + 8 <= G && j / 2 <= safe; j += 8) (Q4x8(p + j / 2, odd) * sv).Store(d + j);
+                    for (; j + 8 <= G && j / 2 <= safe; j += 8) (Q4x8(p + j / 2, pick, shift) * sv).Store(d + j);
                 }
             }
             for (; j < G; j++) d[j] = w.Level(s + j) * scale;

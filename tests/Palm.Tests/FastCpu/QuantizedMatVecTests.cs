@@ -127,6 +127,18 @@ public sealed class QuantizedMatVecTests
     }
 
     [Fact]
+    public void HalfToSingle_equals_the_Half_cast_for_every_finite_value()
+    {
+        for (int bits = 0; bits <= ushort.MaxValue; bits++)
+        {
+            var h = BitConverter.UInt16BitsToHalf((ushort)bits);
+            if (!Half.IsFinite(h)) continue;
+            float got = QuantizedMatVec.HalfToSingle((ushort)bits), expected = (float)h;
+            Assert.True(BitConverter.SingleToInt32Bits(got) == BitConverter.SingleToInt32Bits(expected), $"0x{bits:x4}: {got:R}, expected {expected:R}");
+        }
+    }
+
+    [Fact]
     public void MatVec_allocates_nothing()
     {
         var rng = new Random(1);

@@ -40,9 +40,6 @@ internal sealed class ModelWeights
 
     public PalmConfig Config { get; }
 
-    /// <summary>True when some tensor is held quantized.</summary>
-    public bool HasQuantized => _checkpoint?.Tensors.Any(t => t.IsQuantized) ?? false;
-
     /// <summary>Float32 parameters: the ones given, or new ones with the quantized tensors dequantized.</summary>
     public PalmParameters ToParameters() => _parameters ?? _checkpoint!.ToParameters();
 

@@ -36,6 +36,9 @@ internal sealed class VulkanBackend : IInferenceBackend
     public static VulkanBackend Create(PalmParameters parameters, VulkanOptions? options = null) =>
         Create(ModelWeights.From(parameters), options);
 
+    /// <summary>Uploads float32 weights to <paramref name="ctx"/>, which the backend then owns (disposed on failure too).</summary>
+    public static VulkanBackend Create(VulkanContext ctx, PalmParameters parameters) => Create(ctx, ModelWeights.From(parameters));
+
     /// <summary>Creates a Vulkan context and uploads the weights (q8/q4 ones as they are stored).</summary>
     /// <exception cref="GpuUnavailableException">No Vulkan loader or no usable device.</exception>
     public static VulkanBackend Create(ModelWeights weights, VulkanOptions? options = null) =>

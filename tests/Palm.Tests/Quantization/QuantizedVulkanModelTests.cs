@@ -97,6 +97,34 @@ public sealed class QuantizedVulkanModelTests(ITestOutputHelper output)
     }
 
     [VulkanFact]
+    public void Bad_quantized_weights_are_rejected_and_nothing_leaks()
+    {
+        var p = new PalmParameters(Rank);
+        p.InitTraining(new Rng(TestSeed.Next()));
+        var ck = CheckpointQuantizer.Quantize(PalmCheckpoint.FromParameters(p), TensorDType.Q4, null, embedding: false);
+        var config = GpuMapping.ToGpu(p.Config);
+        using var ctx = VulkanContext.Create(VulkanFixture.Options("quant-errors"));
+
+        void Rejected(string expected, Action<Dictionary<string, Palm.Gpu.Model.GpuWeight>, Dictionary<string, Palm.Gpu.Model.GpuQuantizedWeight>> spoil)
+        {
+            var (f32, quantized) = ModelWeights.From(ck).ToGpu();
+            spoil(f32, quantized);
+            var e = Assert.Throws<ArgumentException>(() => new Palm.Gpu.Model.VulkanForward(ctx, config, f32, quantized));
+            Assert.Contains(expected, e.Message);
+            // Matrices uploaded before the bad one were freed.
+            Assert.Equal(0UL, ctx.Memory.LiveBytes);
+        }
+
+        const string name = "blocks.1.proj.w2";
+        Rejected("given both as f32 and quantized", (f, q) => f[name] = new(q[name].Rows, q[name].Cols, new float[q[name].Rows * q[name].Cols]));
+        Rejected($"weight {name}:", (_, q) => q[name] = q[name] with { Scales = q[name].Scales[..^2] });
+        Rejected($"weight {name} is (", (_, q) => q[name] = q[name] with { Rows = q[name].Cols, Cols = q[name].Rows });
+        Rejected($"missing weight {name}", (_, q) => q.Remove(name));
+        Rejected("unexpected weights: blocks.9.proj.w2", (_, q) => q["blocks.9.proj.w2"] = q[name]);
+        Validation.AssertClean(ctx, nameof(QuantizedVulkanModelTests));
+    }
+
+    [VulkanFact]
     public async Task PalmModel_keeps_a_q4_file_quantized_on_vulkan()
     {
         var tiny = TinyModel.Shared;

@@ -31,20 +31,8 @@ layout(std430, binding = 1) readonly buffer W { uint wq[]; };       // (N, K) q8
 layout(std430, binding = 2) readonly buffer S { uint scale_bits[]; };  // (N*K/G) q8: f32, q4: f16 pairs
 layout(std430, binding = 3) writeonly buffer Y { float y[]; };      // (M, N)
 
-// Element i of W (flat, row-major) as a float: level * scale of its group.
-float load_w(uint i) {
-#ifdef Q8
-    // Byte i sits at bits 8*(i%4) of word i/4; shift it to the top, then an arithmetic shift sign-extends.
-    int level = int(wq[i >> 2] << (24u - 8u * (i & 3u))) >> 24;
-    float s = uintBitsToFloat(scale_bits[i / p.G]);
-#else
-    // Element 2k is the low nibble of byte k: nibble i sits at bits 4*(i%8) of word i/8.
-    int level = int((wq[i >> 3] >> (4u * (i & 7u))) & 0xFu) - 8;
-    const uint g = i / p.G;
-    float s = unpackHalf2x16(scale_bits[g >> 1])[g & 1u];
-#endif
-    return float(level) * s;
-}
+#include "quant.glsl"
+float load_w(uint i) { return load_quant(i, p.G); }
 #else
 layout(push_constant) uniform LinearPush {
     uint M;

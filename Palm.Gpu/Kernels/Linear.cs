@@ -1,7 +1,6 @@
 // linear: y(M, N) = x(M, K) . W(N, K)^T, optionally relu2(y) (the QKV factorised linear puts
 // relu2 between its factors). GPU wrapper for shaders/linear.comp (f32 or f16 weights, or q8/q4
 // weights dequantized in the kernel) and its CPU references. x and y are always f32.
-using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Palm.Gpu.Vulkan;
 
@@ -132,7 +131,7 @@ internal static class Linear
             for (var n = 0; n < N; n++)
             {
                 var acc = 0f;
-                for (var k = 0; k < K; k++) acc += x[m * K + k] * DequantizedAt(format, data, scales, groupSize, n * K + k);
+                for (var k = 0; k < K; k++) acc += x[m * K + k] * GpuQuantizedMatrix.Decode(format, data, scales, groupSize, n * K + k);
                 if (relu2)
                 {
                     acc = MathF.Max(acc, 0f);
@@ -141,14 +140,5 @@ internal static class Linear
                 y[m * N + n] = acc;
             }
         }
-    }
-
-    static float DequantizedAt(GpuQuantFormat format, ReadOnlySpan<byte> data, ReadOnlySpan<byte> scales, int groupSize, int i)
-    {
-        var g = i / groupSize;
-        if (format == GpuQuantFormat.Q8)
-            return (sbyte)data[i] * BinaryPrimitives.ReadSingleLittleEndian(scales[(4 * g)..]);
-        var level = ((data[i / 2] >> (4 * (i % 2))) & 0xF) - 8;
-        return level * (float)BinaryPrimitives.ReadHalfLittleEndian(scales[(2 * g)..]);
     }
 }

@@ -36,3 +36,11 @@ internal readonly record struct GpuModelConfig(
 
 /// <summary>One weight matrix (rows, cols), row-major, as the spec's parameter table names it.</summary>
 internal sealed record GpuWeight(int Rows, int Cols, float[] Data);
+
+/// <summary>
+/// One weight matrix (rows, cols), row-major, kept quantized: the stored level and scale bytes of a
+/// .palm q8/q4 tensor (layout in <see cref="Vulkan.GpuQuantizedMatrix"/>), one scale per
+/// <paramref name="GroupSize"/> consecutive elements of a row.
+/// </summary>
+internal sealed record GpuQuantizedWeight(int Rows, int Cols, Vulkan.GpuQuantFormat Format, int GroupSize,
+    ReadOnlyMemory<byte> Data, ReadOnlyMemory<byte> Scales);

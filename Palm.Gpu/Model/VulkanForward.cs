@@ -1,4 +1,5 @@
-// The whole Palm forward pass on Vulkan: weights uploaded once, every kernel of a call recorded
+// The whole Palm forward pass on Vulkan: weights uploaded once (each matrix f32, or q8/q4 levels
+// and scales that the kernels decode as they read them), every kernel of a call recorded
 // into ONE command buffer and submitted once (embedding, embed.proj, rmsnorms, the L*R block
 // applications in schedule order, final norm, unembed, and the loss or argmax when asked).
 // Activations live in buffers allocated once per (B, T) shape and reused. AoD states stay on the
@@ -16,39 +17,64 @@ internal sealed class VulkanForward : IDisposable
 {
     readonly VulkanContext ctx;
     readonly CommandRecorder rec;
-    readonly GpuTensor embed;           // (V, r) or (V, C)
-    readonly GpuTensor? embedProj;      // (C, r), r > 0 only
+    readonly GpuMatrix embed;           // (V, r) or (V, C)
+    readonly GpuMatrix? embedProj;      // (C, r), r > 0 only
     readonly Block[] blocks;
     readonly GpuLinear unembed;         // C -> V
     readonly Dictionary<(int B, int T), Activations> shapes = new();
-    readonly List<GpuTensor> weightTensors;
+    readonly List<IDisposable> weightBuffers;
     float[] ropeCos = [], ropeSin = [];  // host staging for the tables, (B*T, hd/2) of the largest B*T seen
     bool[] slotSeen = [];                // host scratch: duplicate-slot check, one flag per pool row
 
-    sealed record GpuLinear(GpuTensor? W, GpuTensor? W1, GpuTensor? W2);
+    // One weight matrix on the device: f32, or quantized levels + scales (exactly one is set).
+    sealed record GpuMatrix(GpuTensor? F32, GpuQuantizedMatrix? Quantized);
+
+    sealed record GpuLinear(GpuMatrix? W, GpuMatrix? W1, GpuMatrix? W2);
 
     sealed record Block(GpuLinear Qkv, GpuLinear Proj, GpuLinear? Up, GpuLinear? Down);
 
-    /// <summary>Uploads the weights. <paramref name="weights"/> must hold exactly the spec's tensors for <paramref name="config"/>.</summary>
-    /// <exception cref="ArgumentException">A missing, unexpected or misshapen tensor, or an invalid config.</exception>
-    public VulkanForward(VulkanContext ctx, GpuModelConfig config, IReadOnlyDictionary<string, GpuWeight> weights)
+    /// <summary>
+    /// Uploads the weights. Together, <paramref name="weights"/> (f32) and <paramref name="quantized"/>
+    /// (q8/q4, uploaded as levels + scales, never expanded) must hold exactly the spec's tensors for
+    /// <paramref name="config"/>, each name in one of them.
+    /// </summary>
+    /// <exception cref="ArgumentException">A missing, unexpected, duplicated or misshapen tensor, quantized
+    /// bytes that do not fit their shape, or an invalid config.</exception>
+    public VulkanForward(VulkanContext ctx, GpuModelConfig config, IReadOnlyDictionary<string, GpuWeight> weights,
+        IReadOnlyDictionary<string, GpuQuantizedWeight>? quantized = null)
     {
         config.Validate();
         this.ctx = ctx;
         Config = config;
         var c = config;
+        quantized ??= new Dictionary<string, GpuQuantizedWeight>();
         var used = new HashSet<string>();
-        var uploaded = new List<GpuTensor>();
+        var uploaded = new List<IDisposable>();
+        long bytes = 0;
 
-        GpuTensor Tensor(string name, int rows, int cols)
+        GpuMatrix Tensor(string name, int rows, int cols)
         {
+            if (quantized.TryGetValue(name, out var q))
+            {
+                if (weights.ContainsKey(name)) throw new ArgumentException($"weight {name} is given both as f32 and quantized", nameof(quantized));
+                if (q.Rows != rows || q.Cols != cols)
+                    throw new ArgumentException($"weight {name} is ({q.Rows}, {q.Cols}), expected ({rows}, {cols})", nameof(quantized));
+                GpuQuantizedMatrix m;
+                try { m = new GpuQuantizedMatrix(ctx, q.Format, rows, cols, q.GroupSize, q.Data.Span, q.Scales.Span); }
+                catch (ArgumentException e) { throw new ArgumentException($"weight {name}: {e.Message}", nameof(quantized), e); }
+                used.Add(name);
+                uploaded.Add(m);
+                bytes += m.Bytes;
+                return new GpuMatrix(null, m);
+            }
             if (!weights.TryGetValue(name, out var w)) throw new ArgumentException($"missing weight {name} ({rows}, {cols})", nameof(weights));
             if (w.Rows != rows || w.Cols != cols || w.Data.Length != rows * cols)
                 throw new ArgumentException($"weight {name} is ({w.Rows}, {w.Cols}) with {w.Data.Length} floats, expected ({rows}, {cols})", nameof(weights));
             used.Add(name);
             var t = ctx.CreateTensor(w.Data, GpuDType.F32, rows, cols);
             uploaded.Add(t);
-            return t;
+            bytes += (long)t.Bytes;
+            return new GpuMatrix(t, null);
         }
 
         GpuLinear Linear(string name, int inF, int outF) => c.DRank == 0
@@ -70,7 +96,7 @@ internal sealed class VulkanForward : IDisposable
                     c.DFfn > 0 ? Linear(p + "ffn.down", c.DFfn, c.NEmbd) : null);
             }
             unembed = Linear("unembed", c.NEmbd, c.VocabSize);
-            var extra = weights.Keys.Where(k => !used.Contains(k)).Order(StringComparer.Ordinal).ToList();
+            var extra = weights.Keys.Concat(quantized.Keys).Where(k => !used.Contains(k)).Distinct().Order(StringComparer.Ordinal).ToList();
             if (extra.Count > 0) throw new ArgumentException($"unexpected weights: {string.Join(", ", extra)}", nameof(weights));
         }
         catch
@@ -78,11 +104,15 @@ internal sealed class VulkanForward : IDisposable
             foreach (var t in uploaded) t.Dispose();
             throw;
         }
-        weightTensors = uploaded;
+        weightBuffers = uploaded;
+        WeightBytes = bytes;
         rec = new CommandRecorder(ctx);
     }
 
     public GpuModelConfig Config { get; }
+
+    /// <summary>Device bytes the weights occupy: 4 per f32 element; quantized matrices their level and scale words.</summary>
+    public long WeightBytes { get; }
 
     /// <summary>The recorder of every call: its counters describe the last submission.</summary>
     internal CommandRecorder Recorder => rec;
@@ -271,13 +301,13 @@ internal sealed class VulkanForward : IDisposable
         if (embedProj is null)
         {
             // h is free until the first block: it holds e (rmsnorm may not run in place).
-            Embedding.Record(rec, ctx, a.Tokens, embed, a.H);
+            RecordGather(embed, a.Tokens, a.H);
             RmsNorm.Record(rec, ctx, a.H, a.X);
         }
         else
         {
-            Embedding.Record(rec, ctx, a.Tokens, embed, a.E!);
-            Linear.Record(rec, ctx, a.E!, embedProj, false, a.H);
+            RecordGather(embed, a.Tokens, a.E!);
+            RecordMatmul(embedProj, a.E!, false, a.H);
             RmsNorm.Record(rec, ctx, a.H, a.X);
         }
 
@@ -309,11 +339,24 @@ internal sealed class VulkanForward : IDisposable
     {
         if (p.W is not null)
         {
-            Linear.Record(rec, ctx, x, p.W, false, y);
+            RecordMatmul(p.W, x, false, y);
             return;
         }
-        Linear.Record(rec, ctx, x, p.W1!, relu2Between, u!);
-        Linear.Record(rec, ctx, u!, p.W2!, false, y);
+        RecordMatmul(p.W1!, x, relu2Between, u!);
+        RecordMatmul(p.W2!, u!, false, y);
+    }
+
+    // y = x W^T (relu2 fused when asked) through the f32 or the quantized kernel.
+    void RecordMatmul(GpuMatrix w, GpuTensor x, bool relu2, GpuTensor y)
+    {
+        if (w.Quantized is { } q) Linear.RecordQuantized(rec, ctx, x, q, relu2, y);
+        else Linear.Record(rec, ctx, x, w.F32!, relu2, y);
+    }
+
+    void RecordGather(GpuMatrix table, GpuTensor tokens, GpuTensor output)
+    {
+        if (table.Quantized is { } q) Embedding.RecordQuantized(rec, ctx, tokens, q, output);
+        else Embedding.Record(rec, ctx, tokens, table.F32!, output);
     }
 
     /// <summary>At most this many (B, T) activation sets are kept; the least recently used goes first.</summary>
@@ -352,7 +395,7 @@ internal sealed class VulkanForward : IDisposable
     {
         ReleaseActivations();
         rec.Dispose();
-        foreach (var t in weightTensors) t.Dispose();
+        foreach (var t in weightBuffers) t.Dispose();
     }
 
     /// <summary>Every intermediate of one (B, T) shape; rows = B*T, ordered b*T + t.</summary>

@@ -1,6 +1,7 @@
 // A quantized weight matrix in device memory: the stored level bytes and scale bytes exactly as in
 // a .palm file (q8: int8 + f32 scale per group; q4: nibbles + f16 scale per group), each as its own
 // buffer of little-endian words. Shaders dequantize on load; no float copy exists.
+using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 
 namespace Palm.Gpu.Vulkan;
@@ -51,6 +52,20 @@ internal sealed class GpuQuantizedMatrix : IDisposable
         var t = ctx.CreateTensor(GpuDType.I32, words.Length);
         t.Upload(words);
         return t;
+    }
+
+    /// <summary>
+    /// Element <paramref name="i"/> of stored quantized bytes as a float: the CPU twin of
+    /// <c>load_quant</c> in shaders/quant.glsl, used by the kernels' references (q8: int8 level, f32
+    /// scale; q4: nibble - 8, element 2k in the low nibble of byte k, f16 scale).
+    /// </summary>
+    public static float Decode(GpuQuantFormat format, ReadOnlySpan<byte> data, ReadOnlySpan<byte> scales, int groupSize, long i)
+    {
+        var g = (int)(i / groupSize);
+        if (format == GpuQuantFormat.Q8)
+            return (sbyte)data[(int)i] * BinaryPrimitives.ReadSingleLittleEndian(scales[(4 * g)..]);
+        var level = ((data[(int)(i / 2)] >> (int)(4 * (i % 2))) & 0xF) - 8;
+        return level * (float)BinaryPrimitives.ReadHalfLittleEndian(scales[(2 * g)..]);
     }
 
     public override string ToString() => $"{Format}({Rows}, {Cols})/{GroupSize}";

@@ -45,6 +45,8 @@ internal sealed unsafe class MemoryAllocator : IDisposable
     }
 
     public int BlockCount => blocks.Count;
+    /// <summary>Bytes of the allocations currently held (each rounded up to 4 bytes, alignment gaps not counted).</summary>
+    public ulong LiveBytes { get; private set; }
     public ulong Alignment => alignment;
 
     public GpuAllocation Allocate(ulong bytes)
@@ -52,15 +54,24 @@ internal sealed unsafe class MemoryAllocator : IDisposable
         if (bytes == 0) throw new ArgumentOutOfRangeException(nameof(bytes), "empty allocation");
         bytes = (bytes + 3) & ~3UL; // storage buffers are read in 4-byte words
         foreach (var b in blocks)
-            if (b.Free.TryAllocate(bytes, alignment, out var offset)) return new GpuAllocation(b, offset, bytes);
+            if (b.Free.TryAllocate(bytes, alignment, out var offset))
+            {
+                LiveBytes += bytes;
+                return new GpuAllocation(b, offset, bytes);
+            }
         // Oversized requests get a block of their own, sized to fit.
         var block = CreateBlock(Math.Max(blockBytes, bytes));
         blocks.Add(block);
         if (!block.Free.TryAllocate(bytes, alignment, out var o)) throw new InvalidOperationException("fresh block too small");
+        LiveBytes += bytes;
         return new GpuAllocation(block, o, bytes);
     }
 
-    public void Free(GpuAllocation a) => a.Block.Free.Free(a.Offset, a.Size);
+    public void Free(GpuAllocation a)
+    {
+        a.Block.Free.Free(a.Offset, a.Size);
+        LiveBytes -= a.Size;
+    }
 
     MemoryBlock CreateBlock(ulong size)
     {

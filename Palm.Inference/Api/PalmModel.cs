@@ -1,8 +1,5 @@
 // The engine-facing model: a loaded checkpoint bound to one backend, the tokenizer, and the
 // scheduler that batches its sessions. Thread-safe; sessions are created from it.
-using System.Security.Cryptography;
-using System.Text;
-using System.Text.Json;
 using Palm.Gpu;
 using Palm.Gpu.Vulkan;
 using Palm.Inference.Backends;
@@ -28,7 +25,8 @@ namespace Palm.Inference;
 /// generating with different sessions at the same time is safe. Sessions that generate at the same
 /// time are stepped together in one batched backend call. A single <see cref="PalmSession"/> runs one
 /// call at a time.</para>
-/// <para><b>Memory.</b> <see cref="WeightBytes"/> is held once per model; each session adds
+/// <para><b>Memory.</b> <see cref="WeightBytes"/> is held once per model (a q8/q4 file stays quantized on
+/// the Vulkan backend; the CPU backend expands it to float32); each session adds
 /// <see cref="SessionBytes"/>, independent of how long its conversation runs (Palm keeps no KV cache).</para>
 /// </remarks>
 public sealed class PalmModel : IDisposable
@@ -70,24 +68,30 @@ public sealed class PalmModel : IDisposable
     {
         if (ckpt.Tokenizer is null) throw new PalmFormatException("the checkpoint holds no tokenizer; a model for generation needs one");
         var tokenizer = ckpt.Tokenizer.ToTokenizer();
-        return Create(ckpt.ToParameters(), tokenizer, options);
+        // q8/q4 tensors stay quantized until a backend says how it computes with them.
+        return Create(ModelWeights.From(ckpt), tokenizer, options);
     }
 
     /// <summary>Wraps weights already in memory (tests, tools). The weights are not copied and must not change afterwards.</summary>
-    internal static PalmModel Create(PalmParameters parameters, BpeTokenizer tokenizer, ModelOptions? options = null)
+    internal static PalmModel Create(PalmParameters parameters, BpeTokenizer tokenizer, ModelOptions? options = null) =>
+        Create(ModelWeights.From(parameters), tokenizer, options);
+
+    private static PalmModel Create(ModelWeights weights, BpeTokenizer tokenizer, ModelOptions? options)
     {
         options ??= new ModelOptions();
-        var cfg = parameters.Config;
+        var cfg = weights.Config;
         if (tokenizer.VocabSize > cfg.VocabSize)
             throw new PalmFormatException($"the tokenizer has {tokenizer.VocabSize} tokens but the model only {cfg.VocabSize}");
         options.Progress?.Report(new ModelLoadProgress("hash", 0.4));
-        var hash = HashModel(parameters);
+        var hash = weights.Hash();
         options.Progress?.Report(new ModelLoadProgress("backend", 0.6));
+        // The CPU backend computes in float32 (quantized tensors are dequantized here); the Vulkan
+        // backend keeps q8/q4 tensors quantized on the device.
         IInferenceBackend backend = options.Backend switch
         {
-            Backend.Cpu => new CpuBackend(parameters),
-            Backend.Vulkan => VulkanBackend.Create(parameters),
-            Backend.Auto => AutoBackend(parameters),
+            Backend.Cpu => new CpuBackend(weights.ToParameters()),
+            Backend.Vulkan => VulkanBackend.Create(weights),
+            Backend.Auto => AutoBackend(weights),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Backend, "unknown backend"),
         };
         options.Progress?.Report(new ModelLoadProgress("ready", 1));
@@ -96,9 +100,9 @@ public sealed class PalmModel : IDisposable
 
     /// <summary>Wraps a backend made by the caller (tests: a Vulkan backend with the validation layer on). The model owns it.</summary>
     internal static PalmModel Create(PalmParameters parameters, BpeTokenizer tokenizer, IInferenceBackend backend) =>
-        new(backend, tokenizer, HashModel(parameters));
+        new(backend, tokenizer, ModelWeights.From(parameters).Hash());
 
-    private static IInferenceBackend AutoBackend(PalmParameters parameters)
+    private static IInferenceBackend AutoBackend(ModelWeights weights)
     {
         var options = VulkanOptions.FromEnvironment();
         VulkanContext ctx;
@@ -108,7 +112,7 @@ public sealed class PalmModel : IDisposable
         }
         catch (GpuUnavailableException e)
         {
-            return new CpuBackend(parameters, "Vulkan unavailable: " + e.Message);
+            return new CpuBackend(weights.ToParameters(), "Vulkan unavailable: " + e.Message);
         }
         // A software Vulkan driver (lavapipe/llvmpipe) runs on the same CPU cores as the CPU
         // backend but through an emulated GPU: measured about 6x slower on the demo model. Use it
@@ -117,27 +121,9 @@ public sealed class PalmModel : IDisposable
         {
             var name = ctx.Capabilities.DeviceName;
             ctx.Dispose();
-            return new CpuBackend(parameters, $"the only Vulkan device, {name}, is a software (CPU) implementation; set PALM_VK_DEVICE or Backend.Vulkan to use it");
+            return new CpuBackend(weights.ToParameters(), $"the only Vulkan device, {name}, is a software (CPU) implementation; set PALM_VK_DEVICE or Backend.Vulkan to use it");
         }
-        return VulkanBackend.Create(ctx, parameters);
-    }
-
-    // SHA-256 of the config (as JSON) and every tensor (name, shape, float32 bytes): what a saved
-    // session state is bound to.
-    private static byte[] HashModel(PalmParameters p)
-    {
-        using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        h.AppendData(Encoding.UTF8.GetBytes("palm-model-v1\n" + JsonSerializer.Serialize(p.Config)));
-        Span<byte> dims = stackalloc byte[8];
-        foreach (var t in p.All)
-        {
-            h.AppendData(Encoding.UTF8.GetBytes(t.Name));
-            BitConverter.TryWriteBytes(dims[..4], t.Rows);
-            BitConverter.TryWriteBytes(dims[4..], t.Cols);
-            h.AppendData(dims);
-            h.AppendData(System.Runtime.InteropServices.MemoryMarshal.AsBytes(t.Data.AsSpan()));
-        }
-        return h.GetHashAndReset();
+        return VulkanBackend.Create(ctx, weights);
     }
 
     internal BatchScheduler Scheduler { get; }
@@ -159,7 +145,11 @@ public sealed class PalmModel : IDisposable
     /// <summary>SHA-256 of the config and weights, in hex: saved session states are bound to it.</summary>
     public string Id => Convert.ToHexStringLower(Hash);
 
-    /// <summary>Bytes of weights the backend holds (float32).</summary>
+    /// <summary>
+    /// Bytes of weights the backend holds resident: on <see cref="Backend.Cpu"/> 4 per parameter (q8/q4
+    /// files are expanded to float32 on load there); on <see cref="Backend.Vulkan"/> the device
+    /// buffers, where q8/q4 tensors stay quantized (1 byte or half a byte per element plus their scales).
+    /// </summary>
     public long WeightBytes => _backend.WeightBytes;
 
     /// <summary>Bytes one session holds: its AoD state, logits row, penalty window and sampler buffers

@@ -46,15 +46,27 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
     /// <summary>Creates a Vulkan context and uploads the weights.</summary>
     /// <exception cref="GpuUnavailableException">No Vulkan loader or no usable device.</exception>
     public static VulkanBackend Create(PalmParameters parameters, VulkanOptions? options = null) =>
-        Create(VulkanContext.Create(options ?? VulkanOptions.FromEnvironment()), parameters);
+        Create(ModelWeights.From(parameters), options);
 
-    /// <summary>Uploads the weights to <paramref name="ctx"/>, which the backend then owns (disposed on failure too).</summary>
-    public static VulkanBackend Create(VulkanContext ctx, PalmParameters parameters)
+    /// <summary>Uploads float32 weights to <paramref name="ctx"/>, which the backend then owns (disposed on failure too).</summary>
+    public static VulkanBackend Create(VulkanContext ctx, PalmParameters parameters) => Create(ctx, ModelWeights.From(parameters));
+
+    /// <summary>Creates a Vulkan context and uploads the weights (q8/q4 ones as they are stored).</summary>
+    /// <exception cref="GpuUnavailableException">No Vulkan loader or no usable device.</exception>
+    public static VulkanBackend Create(ModelWeights weights, VulkanOptions? options = null) =>
+        Create(VulkanContext.Create(options ?? VulkanOptions.FromEnvironment()), weights);
+
+    /// <summary>
+    /// Uploads the weights to <paramref name="ctx"/>, which the backend then owns (disposed on failure
+    /// too). q8/q4 tensors go up as their level and scale bytes; no float copy is made of them.
+    /// </summary>
+    public static VulkanBackend Create(VulkanContext ctx, ModelWeights weights)
     {
         try
         {
-            var forward = new VulkanForward(ctx, GpuMapping.ToGpu(parameters.Config), GpuMapping.ToGpuWeights(parameters));
-            return new VulkanBackend(ctx, forward, parameters.Config, parameters.Count * sizeof(float));
+            var (f32, quantized) = weights.ToGpu();
+            var forward = new VulkanForward(ctx, GpuMapping.ToGpu(weights.Config), f32, quantized);
+            return new VulkanBackend(ctx, forward, weights.Config, forward.WeightBytes);
         }
         catch
         {

@@ -106,8 +106,27 @@ public sealed class PalmCheckpoint
     /// name is not a parameter of this config; the message names the tensor.</exception>
     public PalmParameters ToParameters()
     {
-        Validate();
         // Check before allocating: PalmParameters allocates every weight of the config.
+        ValidateParameters();
+        var p = new PalmParameters(Config);
+        foreach (var t in Tensors)
+        {
+            // Training and the CPU reference compute in float32: quantized weights are expanded here, once.
+            if (t.Quantized is { } q) q.Dequantize(p[t.Name].Data);
+            else t.Data.CopyTo(p[t.Name].Data, 0);
+        }
+        return p;
+    }
+
+    /// <summary>
+    /// <see cref="Validate"/>, and the tensors are exactly the parameters of <see cref="Config"/>
+    /// (what <see cref="ToParameters"/> needs; the Vulkan backend checks a file this way before it
+    /// uploads quantized tensors as they are).
+    /// </summary>
+    /// <exception cref="PalmFormatException">As <see cref="ToParameters"/>.</exception>
+    internal void ValidateParameters()
+    {
+        Validate();
         foreach (var t in Tensors)
             if (!ParameterLayout.TryGetShape(Config, t.Name, out _, out _))
                 throw new PalmFormatException($"tensor '{CheckpointReader.Trim(t.Name)}' is not a parameter of this config");
@@ -120,14 +139,6 @@ public sealed class PalmCheckpoint
                 $"missing tensor{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing.Select(m => $"'{m.Name}' (shape {m.ShapeText})"))}" +
                 (Tensors.Count + missing.Count < ParameterLayout.ExpectedCount(Config) ? " and more" : ""));
         }
-        var p = new PalmParameters(Config);
-        foreach (var t in Tensors)
-        {
-            // Training and the CPU reference compute in float32: quantized weights are expanded here, once.
-            if (t.Quantized is { } q) q.Dequantize(p[t.Name].Data);
-            else t.Data.CopyTo(p[t.Name].Data, 0);
-        }
-        return p;
     }
 
     /// <summary>

@@ -13,11 +13,12 @@ return which switch
     "gpu-check" => GpuCheck.Run(rest),
     "gpu-train" => GpuBench.Train(rest),
     "api" => ApiBench.Run(rest),
+    "quant" => QuantBench.Run(rest),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Palm.Bench gemm [--sizes 256,512,1024] [--isa avx512|avx2|portable] [--serial] [--no-peer] | gpu [--sizes 256,512,1024] [--config small] | model [--config small] [--reps 7] [--no-peer] [--write PATH] | tokenizer [--corpus PATH]... [--mb 10] [--vocab 8192]");
+    Console.Error.WriteLine("usage: Palm.Bench gemm [--sizes 256,512,1024] [--isa avx512|avx2|portable] [--serial] [--no-peer] | gpu [--sizes 256,512,1024] [--config small] | model [--config small] [--reps 7] [--no-peer] [--write PATH] | tokenizer [--corpus PATH]... [--mb 10] [--vocab 8192] | quant [--backend cpu|vulkan] [--tokens 128]");
     return 2;
 }

@@ -32,6 +32,13 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
 
     protected override void Embedding(int[] idx, float[] table, int V, int C, float[] y) => Kernels.Embedding.Reference(idx, table, V, C, y);
 
+    protected override void EmbeddingQuantized(int[] idx, QuantizedTensor table, int V, int C, float[] y) =>
+        Kernels.Embedding.QuantizedReference(idx, GpuFormat(table), table.Data.Span, table.Scales.Span, table.GroupSize, V, C, y);
+
+    /// <summary>The rows of the table as Palm.Inference dequantizes it: the twin's own byte decoding is checked against it.</summary>
+    protected override double[] EmbeddingQuantizedExpected(int[] idx, QuantizedTensor table, int V, int C) =>
+        EmbeddingExpected(idx, table.Dequantize(), V, C);
+
     protected override void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y)
     {
         // The reference always carries a state; a fresh scan is a zero state that is discarded.
@@ -195,6 +202,11 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
     }
 
     [Fact]
-    public void Embedding_reference_rejects_out_of_range_ids() =>
+    public void Embedding_reference_rejects_out_of_range_ids()
+    {
         Assert.Throws<ArgumentOutOfRangeException>(() => Kernels.Embedding.Reference([0, 3], new float[6], 3, 2, new float[4]));
+        var q = QuantizedTensor.Quantize(new float[6], TensorDType.Q4, 2);
+        Assert.Throws<ArgumentOutOfRangeException>(() =>
+            Kernels.Embedding.QuantizedReference([0, -1], GpuQuantFormat.Q4, q.Data.Span, q.Scales.Span, 2, 3, 2, new float[4]));
+    }
 }

@@ -30,6 +30,8 @@ public abstract class KernelConformance
     protected abstract void LinearF16(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y);
     protected abstract void RmsNorm(float[] x, int rows, int cols, float[] y);
     protected abstract void Embedding(int[] idx, float[] table, int V, int C, float[] y);
+    /// <summary>y = E[idx] with the table E (V, C) quantized (q8 or q4), rows decoded by the kernel.</summary>
+    protected abstract void EmbeddingQuantized(int[] idx, QuantizedTensor table, int V, int C, float[] y);
     /// <summary>qkv (B*T, 3D), cos/sin (T, hd/2) or per row (B*T, hd/2); s, z (capacity, D) in/out with sequence b
     /// in row slots[b], or slots null for a fresh scan that leaves them alone (z null for sum mixing); y (B*T, D).</summary>
     protected abstract void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y);
@@ -44,6 +46,7 @@ public abstract class KernelConformance
     protected abstract double[] LinearF16Expected(float[] x, float[] w, int M, int N, int K, bool relu2);
     protected abstract double[] RmsNormExpected(float[] x, int rows, int cols);
     protected abstract double[] EmbeddingExpected(int[] idx, float[] table, int V, int C);
+    protected abstract double[] EmbeddingQuantizedExpected(int[] idx, QuantizedTensor table, int V, int C);
     /// <summary>y (B*T, D) and the state pools after the tokens (unchanged inputs when slots is null).</summary>
     protected abstract (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H,
         int[]? slots, float[] s, float[]? z);
@@ -141,6 +144,26 @@ public abstract class KernelConformance
         var expected = EmbeddingExpected(idx, table, V, C);
         // A gather copies: exact equality is the right tolerance here.
         Tolerance.AssertClose(y, expected, 0, 0, $"embedding T={T} V={V} C={C}", Seed, C);
+    }
+
+    [ConformanceTheory]
+    [InlineData("q8", 1, 1, 1, 1)]
+    [InlineData("q4", 1, 1, 1, 1)]
+    [InlineData("q8", 9, 5, 7, 7)]           // per-row scales, primes
+    [InlineData("q4", 9, 5, 7, 7)]           // odd C: rows start on either nibble of a byte
+    [InlineData("q4", 13, 11, 129, 43)]      // row wider than a workgroup, 3 groups of an odd size
+    [InlineData("q8", 200, 3, 32, 8)]        // many repeated ids
+    [InlineData("q4", 31, 300, 8, 8)]        // the tiny model's rank-8 table
+    public void EmbeddingQuantized_matches_reference(string dtype, int T, int V, int C, int group)
+    {
+        Assert.True(TensorDTypes.TryParse(dtype, out var storage));
+        var idx = Enumerable.Range(0, T).Select(_ => Rng.Next(V)).ToArray();
+        var table = QuantizedTensor.Quantize(Uniform(V * C), storage, group);
+        var y = Poisoned(T * C);
+        EmbeddingQuantized(idx, table, V, C, y);
+        var expected = EmbeddingQuantizedExpected(idx, table, V, C);
+        // One product level * scale per element, correctly rounded in both: exact equality.
+        Tolerance.AssertClose(y, expected, 0, 0, $"embedding {dtype} T={T} V={V} C={C} G={group}", Seed, C);
     }
 
     [ConformanceTheory]

@@ -124,6 +124,36 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         Run(y, ty, rec => Kernels.Embedding.Record(rec, Ctx, ti, te, ty));
     }
 
+    protected override void EmbeddingQuantized(int[] idx, QuantizedTensor table, int V, int C, float[] y)
+    {
+        using var ti = Ctx.CreateTensor(GpuDType.I32, idx.Length);
+        ti.Upload(idx);
+        using var te = new GpuQuantizedMatrix(Ctx, CpuKernelConformanceTests.GpuFormat(table), V, C, table.GroupSize, table.Data.Span, table.Scales.Span);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, idx.Length, C);
+        Run(y, ty, rec => Kernels.Embedding.RecordQuantized(rec, Ctx, ti, te, ty));
+    }
+
+    /// <summary>A shader cannot throw: an id outside [0, V) must come out as a NaN row, never as another row's data.</summary>
+    [VulkanTheory]
+    [InlineData("q8")]
+    [InlineData("q4")]
+    public void EmbeddingQuantized_writes_NaN_for_out_of_range_ids(string dtype)
+    {
+        Assert.True(Palm.Inference.Checkpoint.TensorDTypes.TryParse(dtype, out var storage));
+        const int V = 5, C = 6;
+        var table = QuantizedTensor.Quantize(Uniform(V * C), storage, 3);
+        int[] idx = [2, V, -1, 0];
+        var y = new float[idx.Length * C];
+        EmbeddingQuantized(idx, table, V, C, y);
+        var rows = table.Dequantize();
+        for (var c = 0; c < C; c++)
+        {
+            Assert.Equal(rows[2 * C + c], y[c]);
+            Assert.True(float.IsNaN(y[C + c]) && float.IsNaN(y[2 * C + c]), $"{dtype}: out-of-range id gave {y[C + c]}, {y[2 * C + c]} at column {c}");
+            Assert.Equal(rows[c], y[3 * C + c]);
+        }
+    }
+
     protected override void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y)
     {
         var hd = D / H;
@@ -228,5 +258,12 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         var y = new float[idx.Length * C];
         Kernels.Embedding.Reference(idx, table, V, C, y);
         return Array.ConvertAll(y, v => (double)v);
+    }
+
+    protected override double[] EmbeddingQuantizedExpected(int[] idx, QuantizedTensor table, int V, int C)
+    {
+        var y = new float[idx.Length * C];
+        Kernels.Embedding.QuantizedReference(idx, CpuKernelConformanceTests.GpuFormat(table), table.Data.Span, table.Scales.Span, table.GroupSize, V, C, y);
+        return D2(y);
     }
 }

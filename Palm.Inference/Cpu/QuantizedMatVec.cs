@@ -1,0 +1,555 @@
+// Quantized linears on the CPU with W kept in its stored q8/q4 layout (QuantizedTensor: q8 one
+// int8 per element + f32 scale per group; q4 nibble q+8, element 2i in the low nibble of byte i,
+// + f16 scale per group; groups of G consecutive elements never straddle rows).
+//
+// MatVec (decoding, y = W x): per group, levels are widened to float in registers and multiplied
+// into a group accumulator; the scale multiplies that accumulator once per group (vector-wise,
+// no horizontal sum per group). W is read once at 1 or 1/2 byte per element, which is what makes
+// quantized decoding faster than float32 on a machine bound by memory bandwidth.
+//
+// q4 rows (and groups, when G is odd) can start on the high nibble of a byte: a segment starting
+// at flat element s has parity s & 1, and lane j of a 16-element step takes nibble (s + j) of the
+// data, i.e. byte (p + j) >> 1 of the segment's first byte with shift 4 * ((p + j) & 1). One byte
+// shuffle + one variable shift per step covers both parities.
+//
+// MatMul (prefill, y = x Wᵀ for many rows): dequantizes a block of W's rows at a time into
+// per-thread scratch and hands it to the packed Gemm; the whole matrix never exists as floats.
+//
+// Kernels are chosen at run time (AVX-512, AVX2+FMA, scalar); an explicit choice is accepted so
+// tests run each one the machine supports. Nothing allocates in MatVec.
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Palm.Inference.Checkpoint;
+using Palm.Inference.Quantization;
+
+namespace Palm.Inference.Cpu;
+
+/// <summary>Kernel families of <see cref="QuantizedMatVec"/>.</summary>
+internal enum QuantIsa
+{
+    /// <summary>Portable scalar code.</summary>
+    Scalar,
+    /// <summary>Vector256 with AVX2 + FMA, 8 elements per step.</summary>
+    Avx2,
+    /// <summary>Vector512 with AVX-512F, 16 elements per step.</summary>
+    Avx512,
+}
+
+internal static unsafe class QuantizedMatVec
+{
+    /// <summary>The fastest kernel family this machine runs.</summary>
+    public static QuantIsa Best { get; } = Supported(QuantIsa.Avx512) ? QuantIsa.Avx512 : Supported(QuantIsa.Avx2) ? QuantIsa.Avx2 : QuantIsa.Scalar;
+
+    /// <summary>Whether this machine runs <paramref name="isa"/>.</summary>
+    public static bool Supported(QuantIsa isa) => isa switch
+    {
+        QuantIsa.Avx512 => Vector512.IsHardwareAccelerated && Avx512F.IsSupported && Ssse3.IsSupported,
+        QuantIsa.Avx2 => Vector256.IsHardwareAccelerated && Avx2.IsSupported && Fma.IsSupported,
+        _ => true,
+    };
+
+    /// <summary>y (n) = W (n, k) · x (k), W quantized. Allocates nothing.</summary>
+    /// <exception cref="ArgumentException">Sizes that disagree with the tensor or the spans, or a group
+    /// size that does not divide k.</exception>
+    public static void MatVec(QuantizedTensor w, int n, int k, ReadOnlySpan<float> x, Span<float> y) => MatVec(Best, w, n, k, x, y);
+
+    /// <summary>As <see cref="MatVec(QuantizedTensor, int, int, ReadOnlySpan{float}, Span{float})"/> with an explicit
+    /// kernel family (one the machine lacks falls back to the next one down).</summary>
+    public static void MatVec(QuantIsa isa, QuantizedTensor w, int n, int k, ReadOnlySpan<float> x, Span<float> y)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        CheckShape(w, n, k);
+        if (x.Length != k || y.Length != n)
+            throw new ArgumentException($"x holds {x.Length} (expected k = {k}), y {y.Length} (expected n = {n})");
+        isa = Usable(isa);
+        var data = w.Data.Span;
+        var scales = w.Scales.Span;
+        fixed (byte* pd = data) fixed (byte* ps = scales) fixed (float* px = x) fixed (float* py = y)
+        {
+            var m = new Matrix(w.DType, pd, data.Length, ps, w.GroupSize, k);
+            int i = 0;
+            if (isa == QuantIsa.Avx512 && w.GroupSize % 16 == 0) i = Rows4x512(m, n, px, py);
+            else if (isa == QuantIsa.Avx2 && w.GroupSize % 8 == 0) i = Rows4x256(m, n, px, py);
+            for (; i < n; i++) py[i] = RowDot(isa, m, i, px);
+        }
+    }
+
+    /// <summary>
+    /// y (m, n) = x (m, k) · Wᵀ with W (n, k) quantized: blocks of W's rows are dequantized into
+    /// per-thread scratch and multiplied by <see cref="Gemm"/>; a single row goes through
+    /// <see cref="MatVec(QuantizedTensor, int, int, ReadOnlySpan{float}, Span{float})"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">Sizes that disagree with the tensor or the spans.</exception>
+    public static void MatMul(QuantizedTensor w, ReadOnlySpan<float> x, int m, int n, int k, Span<float> y, bool parallel = true) =>
+        MatMul(Best, w, x, m, n, k, y, parallel, rowsPerBlock: 0);
+
+    /// <summary>The block size <see cref="MatMul(QuantizedTensor, ReadOnlySpan{float}, int, int, int, Span{float}, bool)"/>
+    /// uses: about 64 KiB of floats per block (L2-resident with its packed copy), a multiple of 32 rows.</summary>
+    public static int DefaultRowsPerBlock(int k) => Math.Max(32, 16384 / Math.Max(k, 1) / 32 * 32);
+
+    /// <summary>As <see cref="MatMul(QuantizedTensor, ReadOnlySpan{float}, int, int, int, Span{float}, bool)"/> with an
+    /// explicit kernel family and block size (0: <see cref="DefaultRowsPerBlock"/>); tests use small blocks.</summary>
+    public static void MatMul(QuantIsa isa, QuantizedTensor w, ReadOnlySpan<float> x, int m, int n, int k, Span<float> y, bool parallel, int rowsPerBlock)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        CheckShape(w, n, k);
+        if (m <= 0 || (long)x.Length != (long)m * k || (long)y.Length != (long)m * n)
+            throw new ArgumentException($"x holds {x.Length} (expected m*k = {(long)m * k}), y {y.Length} (expected m*n = {(long)m * n}) for m = {m}");
+        if (rowsPerBlock < 0) throw new ArgumentOutOfRangeException(nameof(rowsPerBlock), rowsPerBlock, "must be >= 0");
+        if (m == 1)
+        {
+            MatVec(isa, w, n, k, x, y);
+            return;
+        }
+        isa = Usable(isa);
+        int nb = Math.Min(n, rowsPerBlock > 0 ? rowsPerBlock : DefaultRowsPerBlock(k));
+        int blocks = (n + nb - 1) / nb;
+        var data = w.Data.Span;
+        var scales = w.Scales.Span;
+        fixed (byte* pd = data) fixed (byte* ps = scales) fixed (float* px = x) fixed (float* py = y)
+        {
+            var job = new BlockJob
+            {
+                Isa = isa, W = new Matrix(w.DType, pd, data.Length, ps, w.GroupSize, k),
+                X = px, Y = py, M = m, N = n, K = k, Nb = nb,
+            };
+            // A worker per block when there is enough work to pay for the hand-off (Gemm's own threshold).
+            if (parallel && blocks > 1 && Environment.ProcessorCount > 1 && (long)m * n * k >= 1L << 19)
+                Parallel.For(0, blocks, job.Run);
+            else
+                for (int b = 0; b < blocks; b++) job.Run(b);
+        }
+    }
+
+    /// <summary>Dequantizes rows [row0, row0 + rows) of W (n, k) into <paramref name="destination"/> (rows * k floats).</summary>
+    public static void DequantizeRows(QuantIsa isa, QuantizedTensor w, int k, int row0, int rows, Span<float> destination)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        if (k <= 0 || w.Length % k != 0) throw new ArgumentException($"k = {k} does not divide the tensor's {w.Length} elements");
+        CheckShape(w, w.Length / k, k);
+        if (row0 < 0 || rows < 0 || (long)row0 + rows > w.Length / k) throw new ArgumentOutOfRangeException(nameof(rows), $"rows [{row0}, {row0 + rows}) outside [0, {w.Length / k})");
+        if ((long)destination.Length != (long)rows * k) throw new ArgumentException($"destination holds {destination.Length}, expected {(long)rows * k}", nameof(destination));
+        isa = Usable(isa);
+        var data = w.Data.Span;
+        var scales = w.Scales.Span;
+        fixed (byte* pd = data) fixed (byte* ps = scales) fixed (float* dst = destination)
+        {
+            var m = new Matrix(w.DType, pd, data.Length, ps, w.GroupSize, k);
+            for (int r = 0; r < rows; r++) DequantizeRow(isa, m, row0 + r, dst + (long)r * k);
+        }
+    }
+
+    private static void CheckShape(QuantizedTensor w, int n, int k)
+    {
+        if (n <= 0 || k <= 0 || (long)n * k != w.Length) throw new ArgumentException($"W ({n}, {k}) does not hold the tensor's {w.Length} elements");
+        if (k % w.GroupSize != 0) throw new ArgumentException($"group size {w.GroupSize} does not divide k = {k}: a group would straddle two rows");
+    }
+
+    private static QuantIsa Usable(QuantIsa isa)
+    {
+        if (isa == QuantIsa.Avx512 && !Supported(QuantIsa.Avx512)) isa = QuantIsa.Avx2;
+        if (isa == QuantIsa.Avx2 && !Supported(QuantIsa.Avx2)) isa = QuantIsa.Scalar;
+        return isa;
+    }
+
+    // The stored bytes of a (rows, K) matrix, pinned for the duration of a call.
+    private readonly struct Matrix(TensorDType dtype, byte* data, int dataBytes, byte* scales, int group, int k)
+    {
+        public readonly bool Q8 = dtype == TensorDType.Q8;
+        public readonly byte* Data = data;
+        public readonly int DataBytes = dataBytes;
+        public readonly byte* Scales = scales;
+        public readonly int G = group;
+        public readonly int K = k;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public float Scale(long g) => Q8 ? ((float*)Scales)[g] : HalfToSingle(((ushort*)Scales)[g]);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public int Level(long i) => Q8 ? (sbyte)Data[i] : ((Data[i >> 1] >> (int)(4 * (i & 1))) & 0xF) - 8;
+    }
+
+    // float16 bits -> float32, exactly, for every finite value: the half's exponent and mantissa
+    // placed in a float's fields are the value times 2^-112 (subnormal halves land on float
+    // subnormals with the same digits), so one multiply by 2^112 rescales. Beats the Half cast,
+    // which runs once per group here.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float HalfToSingle(ushort h)
+    {
+        float magnitude = BitConverter.Int32BitsToSingle((h & 0x7FFF) << 13) * 5.192296858534828e33f; // 2^112
+        return (h & 0x8000) != 0 ? -magnitude : magnitude;
+    }
+
+    // Lane j of a q4 step reads byte (p + j) >> 1 and shifts it by 4 * ((p + j) & 1), p the parity
+    // of the step's first element.
+    private static readonly Vector128<byte> s_nibbleBytesEven = Vector128.Create((byte)0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    private static readonly Vector128<byte> s_nibbleBytesOdd = Vector128.Create((byte)0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8);
+    private static readonly Vector512<uint> s_shift512Even = Vector512.Create(0u, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+    private static readonly Vector512<uint> s_shift512Odd = Vector512.Create(4u, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+    private static readonly Vector256<uint> s_shift256Even = Vector256.Create(0u, 4, 0, 4, 0, 4, 0, 4);
+    private static readonly Vector256<uint> s_shift256Odd = Vector256.Create(4u, 0, 4, 0, 4, 0, 4, 0);
+
+    // 16 q8 levels at p as floats (reads exactly 16 bytes).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Q8x16(byte* p) =>
+        Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)p)));
+
+    // 16 q4 levels starting at nibble parity `odd` of byte p as floats (reads 16 bytes: the caller
+    // guarantees they exist).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Q4x16(byte* p, Vector128<byte> pick, Vector512<uint> shift)
+    {
+        var bytes = Ssse3.Shuffle(Vector128.Load(p), pick);
+        var wide = Avx512F.ConvertToVector512Int32(bytes).AsUInt32();
+        var nib = Avx512F.ShiftRightLogicalVariable(wide, shift) & Vector512.Create(0xFu);
+        return Avx512F.ConvertToVector512Single(nib.AsInt32() - Vector512.Create(8));
+    }
+
+    // 8 q8 levels at p as floats (reads exactly 8 bytes).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q8x8(byte* p) => Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32((sbyte*)p));
+
+    // 8 q4 levels starting at nibble parity `odd` of byte p as floats (reads 8 bytes: the caller
+    // guarantees they exist).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Q4x8(byte* p, Vector128<byte> pick, Vector256<uint> shift)
+    {
+        var bytes = Ssse3.Shuffle(Vector128.CreateScalar(*(ulong*)p).AsByte(), pick);
+        var wide = Avx2.ConvertToVector256Int32(bytes).AsUInt32();
+        var nib = Avx2.ShiftRightLogicalVariable(wide, shift) & Vector256.Create(0xFu);
+        return Avx.ConvertToVector256Single(nib.AsInt32() - Vector256.Create(8));
+    }
+
+    // Four rows at a time when every group is whole vector steps (G % 16 == 0; for q4 this also
+    // makes every row and group start on a byte): x is loaded once for four rows, and the four
+    // accumulator chains are independent, which short rows (k = 64: four steps) need to keep the
+    // FMA units busy. Returns the first row left for the single-row path (the last ones when a
+    // q4 step would read past the data).
+    private static int Rows4x512(in Matrix w, int n, float* x, float* y)
+    {
+        int G = w.G, K = w.K, groups = K / G, gpr = groups;
+        int i = 0;
+        for (; i + 4 <= n; i += 4)
+        {
+            long e0 = (long)i * K;
+            if (!w.Q8 && (e0 + 4L * K) / 2 + 8 > w.DataBytes) break;
+            var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+            float* s0 = null; ushort* h0 = null;
+            if (w.Q8) s0 = (float*)w.Scales + (long)i * gpr; else h0 = (ushort*)w.Scales + (long)i * gpr;
+            for (int gk = 0; gk < groups; gk++)
+            {
+                var g0 = Vector512<float>.Zero; var g1 = g0; var g2 = g0; var g3 = g0;
+                float* xg = x + gk * G;
+                if (w.Q8)
+                {
+                    byte* p = w.Data + e0 + (long)gk * G;
+                    for (int j = 0; j < G; j += 16)
+                    {
+                        var xv = Vector512.Load(xg + j);
+                        g0 = Vector512.FusedMultiplyAdd(Q8x16(p + j), xv, g0);
+                        g1 = Vector512.FusedMultiplyAdd(Q8x16(p + K + j), xv, g1);
+                        g2 = Vector512.FusedMultiplyAdd(Q8x16(p + 2 * K + j), xv, g2);
+                        g3 = Vector512.FusedMultiplyAdd(Q8x16(p + 3 * K + j), xv, g3);
+                    }
+                    a0 = Vector512.FusedMultiplyAdd(g0, Vector512.Create(s0[gk]), a0);
+                    a1 = Vector512.FusedMultiplyAdd(g1, Vector512.Create(s0[gpr + gk]), a1);
+                    a2 = Vector512.FusedMultiplyAdd(g2, Vector512.Create(s0[2 * gpr + gk]), a2);
+                    a3 = Vector512.FusedMultiplyAdd(g3, Vector512.Create(s0[3 * gpr + gk]), a3);
+                }
+                else
+                {
+                    byte* p = w.Data + (e0 + (long)gk * G) / 2;
+                    int rb = K / 2;   // bytes per row (K is even here)
+                    for (int j = 0; j < G; j += 16)
+                    {
+                        var xv = Vector512.Load(xg + j);
+                        g0 = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g0);
+                        g1 = Vector512.FusedMultiplyAdd(Q4x16(p + rb + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g1);
+                        g2 = Vector512.FusedMultiplyAdd(Q4x16(p + 2 * rb + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g2);
+                        g3 = Vector512.FusedMultiplyAdd(Q4x16(p + 3 * rb + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g3);
+                    }
+                    a0 = Vector512.FusedMultiplyAdd(g0, Vector512.Create(HalfToSingle(h0[gk])), a0);
+                    a1 = Vector512.FusedMultiplyAdd(g1, Vector512.Create(HalfToSingle(h0[gpr + gk])), a1);
+                    a2 = Vector512.FusedMultiplyAdd(g2, Vector512.Create(HalfToSingle(h0[2 * gpr + gk])), a2);
+                    a3 = Vector512.FusedMultiplyAdd(g3, Vector512.Create(HalfToSingle(h0[3 * gpr + gk])), a3);
+                }
+            }
+            y[i] = Vector512.Sum(a0); y[i + 1] = Vector512.Sum(a1); y[i + 2] = Vector512.Sum(a2); y[i + 3] = Vector512.Sum(a3);
+        }
+        return i;
+    }
+
+    // Rows4x512 with 8-wide steps (G % 8 == 0).
+    private static int Rows4x256(in Matrix w, int n, float* x, float* y)
+    {
+        int G = w.G, K = w.K, groups = K / G, gpr = groups;
+        int i = 0;
+        for (; i + 4 <= n; i += 4)
+        {
+            long e0 = (long)i * K;
+            if (!w.Q8 && (e0 + 4L * K) / 2 + 4 > w.DataBytes) break;
+            var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+            float* s0 = null; ushort* h0 = null;
+            if (w.Q8) s0 = (float*)w.Scales + (long)i * gpr; else h0 = (ushort*)w.Scales + (long)i * gpr;
+            for (int gk = 0; gk < groups; gk++)
+            {
+                var g0 = Vector256<float>.Zero; var g1 = g0; var g2 = g0; var g3 = g0;
+                float* xg = x + gk * G;
+                if (w.Q8)
+                {
+                    byte* p = w.Data + e0 + (long)gk * G;
+                    for (int j = 0; j < G; j += 8)
+                    {
+                        var xv = Vector256.Load(xg + j);
+                        g0 = Fma.MultiplyAdd(Q8x8(p + j), xv, g0);
+                        g1 = Fma.MultiplyAdd(Q8x8(p + K + j), xv, g1);
+                        g2 = Fma.MultiplyAdd(Q8x8(p + 2 * K + j), xv, g2);
+                        g3 = Fma.MultiplyAdd(Q8x8(p + 3 * K + j), xv, g3);
+                    }
+                    a0 = Fma.MultiplyAdd(g0, Vector256.Create(s0[gk]), a0);
+                    a1 = Fma.MultiplyAdd(g1, Vector256.Create(s0[gpr + gk]), a1);
+                    a2 = Fma.MultiplyAdd(g2, Vector256.Create(s0[2 * gpr + gk]), a2);
+                    a3 = Fma.MultiplyAdd(g3, Vector256.Create(s0[3 * gpr + gk]), a3);
+                }
+                else
+                {
+                    byte* p = w.Data + (e0 + (long)gk * G) / 2;
+                    int rb = K / 2;
+                    for (int j = 0; j < G; j += 8)
+                    {
+                        var xv = Vector256.Load(xg + j);
+                        g0 = Fma.MultiplyAdd(Q4x8(p + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g0);
+                        g1 = Fma.MultiplyAdd(Q4x8(p + rb + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g1);
+                        g2 = Fma.MultiplyAdd(Q4x8(p + 2 * rb + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g2);
+                        g3 = Fma.MultiplyAdd(Q4x8(p + 3 * rb + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g3);
+                    }
+                    a0 = Fma.MultiplyAdd(g0, Vector256.Create(HalfToSingle(h0[gk])), a0);
+                    a1 = Fma.MultiplyAdd(g1, Vector256.Create(HalfToSingle(h0[gpr + gk])), a1);
+                    a2 = Fma.MultiplyAdd(g2, Vector256.Create(HalfToSingle(h0[2 * gpr + gk])), a2);
+                    a3 = Fma.MultiplyAdd(g3, Vector256.Create(HalfToSingle(h0[3 * gpr + gk])), a3);
+                }
+            }
+            y[i] = Vector256.Sum(a0); y[i + 1] = Vector256.Sum(a1); y[i + 2] = Vector256.Sum(a2); y[i + 3] = Vector256.Sum(a3);
+        }
+        return i;
+    }
+
+    // Σ_j W[row, j] x[j].
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float RowDot(QuantIsa isa, in Matrix w, int row, float* x) => isa switch
+    {
+        QuantIsa.Avx512 => RowDot512(w, row, x),
+        QuantIsa.Avx2 => RowDot256(w, row, x),
+        _ => RowDotScalar(w, row, x),
+    };
+
+    private static float RowDot512(in Matrix w, int row, float* x)
+    {
+        int G = w.G, groups = w.K / G;
+        long e0 = (long)row * w.K;             // flat index of the row's first element
+        long g0 = e0 / G;                      // its first group
+        var acc = Vector512<float>.Zero;
+        float tail = 0;
+        for (int gk = 0; gk < groups; gk++)
+        {
+            long s = e0 + (long)gk * G;
+            float* xg = x + gk * G;
+            var ga = Vector512<float>.Zero;
+            var gb = Vector512<float>.Zero;
+            int j = 0;
+            if (w.Q8)
+            {
+                byte* p = w.Data + s;
+                // Two accumulators: consecutive FMAs of one group do not wait on each other.
+                for (; j + 32 <= G; j += 32)
+                {
+                    ga = Vector512.FusedMultiplyAdd(Q8x16(p + j), Vector512.Load(xg + j), ga);
+                    gb = Vector512.FusedMultiplyAdd(Q8x16(p + j + 16), Vector512.Load(xg + j + 16), gb);
+                }
+                for (; j + 16 <= G; j += 16) ga = Vector512.FusedMultiplyAdd(Q8x16(p + j), Vector512.Load(xg + j), ga);
+            }
+            else
+            {
+                bool odd = (s & 1) != 0;
+                var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                var shift = odd ? s_shift512Odd : s_shift512Even;
+                byte* p = w.Data + (s >> 1);
+                // A step reads 16 bytes from p + j/2; near the end of the data the rest goes scalar.
+                long safe = w.DataBytes - 16 - (s >> 1);
+                for (; j + 32 <= G && j / 2 + 8 <= safe; j += 32)
+                {
+                    ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, pick, shift), Vector512.Load(xg + j), ga);
+                    gb = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2 + 8, pick, shift), Vector512.Load(xg + j + 16), gb);
+                }
+                for (; j + 16 <= G && j / 2 <= safe; j += 16) ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, pick, shift), Vector512.Load(xg + j), ga);
+            }
+            float partial = 0;
+            for (; j < G; j++) partial += w.Level(s + j) * xg[j];
+            float scale = w.Scale(g0 + gk);
+            acc = Vector512.FusedMultiplyAdd(ga + gb, Vector512.Create(scale), acc);
+            tail += partial * scale;
+        }
+        return Vector512.Sum(acc) + tail;
+    }
+
+    private static float RowDot256(in Matrix w, int row, float* x)
+    {
+        int G = w.G, groups = w.K / G;
+        long e0 = (long)row * w.K;
+        long g0 = e0 / G;
+        var acc = Vector256<float>.Zero;
+        float tail = 0;
+        for (int gk = 0; gk < groups; gk++)
+        {
+            long s = e0 + (long)gk * G;
+            float* xg = x + gk * G;
+            var ga = Vector256<float>.Zero;
+            var gb = Vector256<float>.Zero;
+            int j = 0;
+            if (w.Q8)
+            {
+                byte* p = w.Data + s;
+                for (; j + 16 <= G; j += 16)
+                {
+                    ga = Fma.MultiplyAdd(Q8x8(p + j), Vector256.Load(xg + j), ga);
+                    gb = Fma.MultiplyAdd(Q8x8(p + j + 8), Vector256.Load(xg + j + 8), gb);
+                }
+                for (; j + 8 <= G; j += 8) ga = Fma.MultiplyAdd(Q8x8(p + j), Vector256.Load(xg + j), ga);
+            }
+            else
+            {
+                bool odd = (s & 1) != 0;
+                var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                var shift = odd ? s_shift256Odd : s_shift256Even;
+                byte* p = w.Data + (s >> 1);
+                // A step reads 8 bytes from p + j/2; near the end of the data the rest goes scalar.
+                long safe = w.DataBytes - 8 - (s >> 1);
+                for (; j + 16 <= G && j / 2 + 4 <= safe; j += 16)
+                {
+                    ga = Fma.MultiplyAdd(Q4x8(p + j / 2, pick, shift), Vector256.Load(xg + j), ga);
+                    gb = Fma.MultiplyAdd(Q4x8(p + j / 2 + 4, pick, shift), Vector256.Load(xg + j + 8), gb);
+                }
+                for (; j + 8 <= G && j / 2 <= safe; j += 8) ga = Fma.MultiplyAdd(Q4x8(p + j / 2, pick, shift), Vector256.Load(xg + j), ga);
+            }
+            float partial = 0;
+            for (; j < G; j++) partial += w.Level(s + j) * xg[j];
+            float scale = w.Scale(g0 + gk);
+            acc = Fma.MultiplyAdd(ga + gb, Vector256.Create(scale), acc);
+            tail += partial * scale;
+        }
+        return Vector256.Sum(acc) + tail;
+    }
+
+    private static float RowDotScalar(in Matrix w, int row, float* x)
+    {
+        int G = w.G, groups = w.K / G;
+        long e0 = (long)row * w.K;
+        long g0 = e0 / G;
+        float acc = 0;
+        for (int gk = 0; gk < groups; gk++)
+        {
+            long s = e0 + (long)gk * G;
+            float* xg = x + gk * G;
+            float partial = 0;
+            for (int j = 0; j < G; j++) partial += w.Level(s + j) * xg[j];
+            acc += partial * w.Scale(g0 + gk);
+        }
+        return acc;
+    }
+
+    // dst[j] = W[row, j] for the K elements of a row.
+    private static void DequantizeRow(QuantIsa isa, in Matrix w, int row, float* dst)
+    {
+        int G = w.G, groups = w.K / G;
+        long e0 = (long)row * w.K;
+        long g0 = e0 / G;
+        for (int gk = 0; gk < groups; gk++)
+        {
+            long s = e0 + (long)gk * G;
+            float* d = dst + gk * G;
+            float scale = w.Scale(g0 + gk);
+            int j = 0;
+            if (isa == QuantIsa.Avx512)
+            {
+                var sv = Vector512.Create(scale);
+                if (w.Q8) for (; j + 16 <= G; j += 16) (Q8x16(w.Data + s + j) * sv).Store(d + j);
+                else
+                {
+                    bool odd = (s & 1) != 0;
+                    var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                    var shift = odd ? s_shift512Odd : s_shift512Even;
+                    byte* p = w.Data + (s >> 1);
+                    long safe = w.DataBytes - 16 - (s >> 1);
+                    for (; j + 16 <= G && j / 2 <= safe; j += 16) (Q4x16(p + j / 2, pick, shift) * sv).Store(d + j);
+                }
+            }
+            else if (isa == QuantIsa.Avx2)
+            {
+                var sv = Vector256.Create(scale);
+                if (w.Q8) for (; j + 8 <= G; j += 8) (Q8x8(w.Data + s + j) * sv).Store(d + j);
+                else
+                {
+                    bool odd = (s & 1) != 0;
+                    var pick = odd ? s_nibbleBytesOdd : s_nibbleBytesEven;
+                    var shift = odd ? s_shift256Odd : s_shift256Even;
+                    byte* p = w.Data + (s >> 1);
+                    long safe = w.DataBytes - 8 - (s >> 1);
+                    for (; j + 8 <= G && j / 2 <= safe; j += 8) (Q4x8(p + j / 2, pick, shift) * sv).Store(d + j);
+                }
+            }
+            for (; j < G; j++) d[j] = w.Level(s + j) * scale;
+        }
+    }
+
+    // Per-thread 64-byte-aligned scratch (a dequantized block of W, and the block's output), grown
+    // on demand and kept: no allocation per call once warm.
+    private sealed class Scratch
+    {
+        [ThreadStatic] private static Scratch? s_current;
+        public static Scratch Current => s_current ??= new Scratch();
+
+        private float* _w, _c;
+        private long _wLen, _cLen;
+
+        public float* W(long floats) => Grow(ref _w, ref _wLen, floats);
+        public float* C(long floats) => Grow(ref _c, ref _cLen, floats);
+
+        private static float* Grow(ref float* p, ref long len, long floats)
+        {
+            if (floats <= len) return p;
+            if (p != null) NativeMemory.AlignedFree(p);
+            len = Math.Max(floats, len * 2);
+            p = (float*)NativeMemory.AlignedAlloc((nuint)(len * sizeof(float)), 64);
+            return p;
+        }
+
+        ~Scratch()
+        {
+            if (_w != null) NativeMemory.AlignedFree(_w);
+            if (_c != null) NativeMemory.AlignedFree(_c);
+        }
+    }
+
+    // One block of W's rows: dequantize into the running thread's scratch, C = x · blockᵀ by the
+    // packed Gemm (serial inside: the blocks are the parallel work), then scatter C's columns into y.
+    private sealed class BlockJob
+    {
+        public QuantIsa Isa;
+        public Matrix W;
+        public float* X, Y;
+        public int M, N, K, Nb;
+
+        public void Run(int block)
+        {
+            int n0 = block * Nb, nb = Math.Min(Nb, N - n0), k = K;
+            var scratch = Scratch.Current;
+            float* wb = scratch.W((long)nb * k), cb = scratch.C((long)M * nb);
+            for (int r = 0; r < nb; r++) DequantizeRow(Isa, W, n0 + r, wb + (long)r * k);
+            Gemm.MatMulABt(X, wb, cb, M, nb, k, acc: false, parallel: false);
+            for (int i = 0; i < M; i++)
+                new ReadOnlySpan<float>(cb + (long)i * nb, nb).CopyTo(new Span<float>(Y + (long)i * N + n0, nb));
+        }
+    }
+}

@@ -35,7 +35,12 @@ internal readonly record struct GpuModelConfig(
 }
 
 /// <summary>One weight matrix (rows, cols), row-major, as the spec's parameter table names it.</summary>
-internal sealed record GpuWeight(int Rows, int Cols, float[] Data);
+/// <summary>
+/// One f32 weight. <paramref name="Half"/>: keep it on the device as IEEE half (2 bytes an element,
+/// read by the f16 linear variant). Exact when the values came from half storage (an f16 checkpoint);
+/// the embedding table is always kept as f32 (its gather has no f16 variant).
+/// </summary>
+internal sealed record GpuWeight(int Rows, int Cols, float[] Data, bool Half = false);
 
 /// <summary>
 /// One weight matrix (rows, cols), row-major, kept quantized: the stored level and scale bytes of a

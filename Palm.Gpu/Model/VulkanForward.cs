@@ -71,9 +71,11 @@ internal sealed class VulkanForward : IDisposable
             if (w.Rows != rows || w.Cols != cols || w.Data.Length != rows * cols)
                 throw new ArgumentException($"weight {name} is ({w.Rows}, {w.Cols}) with {w.Data.Length} floats, expected ({rows}, {cols})", nameof(weights));
             used.Add(name);
-            var t = ctx.CreateTensor(w.Data, GpuDType.F32, rows, cols);
+            // Half weights feed only linears (Linear.Record picks linear_f16 by dtype).
+            var dtype = w.Half && name != "embed.weight" ? GpuDType.F16 : GpuDType.F32;
+            var t = ctx.CreateTensor(w.Data, dtype, rows, cols);
             uploaded.Add(t);
-            bytes += (long)t.Bytes;
+            bytes += (long)t.BindSize;   // f16 payloads are rounded up to whole words
             return new GpuMatrix(t, null);
         }
 
@@ -111,7 +113,7 @@ internal sealed class VulkanForward : IDisposable
 
     public GpuModelConfig Config { get; }
 
-    /// <summary>Device bytes the weights occupy: 4 per f32 element; quantized matrices their level and scale words.</summary>
+    /// <summary>Device bytes the weights occupy: 4 per f32 element, 2 per f16 element; quantized matrices their level and scale words.</summary>
     public long WeightBytes { get; }
 
     /// <summary>The recorder of every call: its counters describe the last submission.</summary>

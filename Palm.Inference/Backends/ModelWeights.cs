@@ -58,7 +58,8 @@ internal sealed class ModelWeights
             if (t.Quantized is { } q)
                 quantized.Add(e.Name, new GpuQuantizedWeight(e.Rows, e.Cols,
                     q.DType == TensorDType.Q8 ? GpuQuantFormat.Q8 : GpuQuantFormat.Q4, q.GroupSize, q.Data, q.Scales));
-            else f32.Add(e.Name, new GpuWeight(e.Rows, e.Cols, t.Data));
+            // f16-stored tensors stay half on the device: the widened floats convert back exactly.
+            else f32.Add(e.Name, new GpuWeight(e.Rows, e.Cols, t.Data, Half: t.Storage == TensorDType.F16));
         }
         return (f32, quantized);
     }

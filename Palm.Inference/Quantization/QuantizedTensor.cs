@@ -103,6 +103,49 @@ public sealed class QuantizedTensor
     }
 
     /// <summary>
+    /// Packs levels and scales that a caller chose itself (the calibrated quantizer rounds with
+    /// error feedback, so its levels are not <c>round(w / s)</c>) into the stored layout.
+    /// </summary>
+    /// <param name="dtype">q8 or q4.</param>
+    /// <param name="groupSize">Elements per scale; divides the number of levels.</param>
+    /// <param name="levels">One level per element, in [-MaxLevel, MaxLevel].</param>
+    /// <param name="scales">One scale per group of <paramref name="groupSize"/>; finite, &gt;= 0, and for
+    /// q4 exactly a float16 value (the levels were computed against the stored scale).</param>
+    /// <exception cref="ArgumentException">A level out of range, a scale that is negative, non-finite or
+    /// (q4) not a float16 value, or counts that disagree with the group size.</exception>
+    internal static QuantizedTensor FromLevels(TensorDType dtype, int groupSize, ReadOnlySpan<sbyte> levels, ReadOnlySpan<float> scales)
+    {
+        int max = MaxLevel(dtype);
+        if (levels.Length == 0) throw new ArgumentException("nothing to pack", nameof(levels));
+        if (groupSize <= 0 || levels.Length % groupSize != 0)
+            throw new ArgumentException($"group size {groupSize} does not divide {levels.Length} elements", nameof(groupSize));
+        if (scales.Length != levels.Length / groupSize)
+            throw new ArgumentException($"{scales.Length} scales for {levels.Length / groupSize} groups", nameof(scales));
+        var data = new byte[dtype.DataByteLength(levels.Length)];
+        var scaleBytes = new byte[dtype.ScaleByteLength(levels.Length, groupSize)];
+        for (int g = 0; g < scales.Length; g++)
+        {
+            float s = scales[g];
+            if (!(float.IsFinite(s) && s >= 0)) throw new ArgumentException($"scale {g} is {s}; scales must be finite and >= 0", nameof(scales));
+            if (dtype == TensorDType.Q8) BinaryPrimitives.WriteSingleLittleEndian(scaleBytes.AsSpan(4 * g), s);
+            else
+            {
+                var h = (Half)s;
+                if ((float)h != s) throw new ArgumentException($"scale {g} ({s}) is not a float16 value", nameof(scales));
+                BinaryPrimitives.WriteUInt16LittleEndian(scaleBytes.AsSpan(2 * g), BitConverter.HalfToUInt16Bits(h));
+            }
+        }
+        for (int i = 0; i < levels.Length; i++)
+        {
+            int q = levels[i];
+            if (q < -max || q > max) throw new ArgumentException($"level {q} at element {i} is outside [-{max}, {max}]", nameof(levels));
+            if (dtype == TensorDType.Q8) data[i] = (byte)(sbyte)q;
+            else data[i >> 1] |= (byte)((q + 8) << (4 * (i & 1)));
+        }
+        return new QuantizedTensor(dtype, levels.Length, groupSize, data, scaleBytes);
+    }
+
+    /// <summary>
     /// Wraps stored bytes (not copied) after checking them: lengths exactly as the layout says, a group
     /// size dividing the length, and scales finite and &gt;= 0.
     /// </summary>

@@ -1,9 +1,10 @@
 // Quality of quantized weights on real text, for the built-in model (models/palm-kjv.palm): its
 // val perplexity on the held-out end of the KJV (data/corpus/kjv.txt, written by
-// scripts/setup.sh) with q8 and q4 weights, against f32. q8 must stay within +1% (the issue's
-// bar). q4 (groups of 32, max-scaled) measures +8.2% on this 230k-parameter model, above the
-// issue's +5%: the bound here is a regression guard at +10% until the quantizer improves
-// (docs/quantization.md). File sizes are printed.
+// scripts/setup.sh) with q8 and q4 weights, against f32, at the issue's bars: q8 within +1%, q4
+// within +5%. q4 reaches its bar only with GPTQ (quantize --calibrate), calibrated on the train
+// split of data/kjv2k (the first 90 % of the same text, so disjoint from the val text here) with
+// the command's default 8,192 tokens; round-to-nearest q4 (+8.2%) is kept as a printed baseline
+// with a +10% regression guard. File sizes are printed (docs/quantization.md).
 using Palm.Inference.Checkpoint;
 using Palm.Inference.Cpu;
 using Palm.Inference.Model;
@@ -51,17 +52,26 @@ public sealed class QuantizedQualityTests(ITestOutputHelper output)
         // The held-out split the model was evaluated on: the last 10 % of the text.
         var val = tokenizer.Encode(text[(int)(text.Length * 0.9)..]);
         double baseline = Math.Exp(ValLoss(ck.ToParameters(), val));
-        output.WriteLine($"f32       {new FileInfo(f32).Length / 1024.0,7:F0} KiB  ppl {baseline:F3}");
+        output.WriteLine($"{"f32",-16} {new FileInfo(f32).Length / 1024.0,7:F0} KiB  ppl {baseline:F3}");
 
+        string calibration = Path.GetDirectoryName(Find(Path.Combine("data", "kjv2k", "manifest.json")))!;
         using var dir = new Trainer.TempDir();
-        foreach (var (dtype, embed, limit) in new[] { ("q8", false, 1.01), ("q8", true, 1.01), ("q4", false, 1.10), ("q4", true, 1.10) })
+        var q4Ppl = new Dictionary<string, double>();
+        foreach (var (dtype, embed, calibrate, limit) in new[]
+                 {
+                     ("q8", false, false, 1.01), ("q8", true, false, 1.01),
+                     ("q4", false, false, 1.10), ("q4", false, true, 1.05), ("q4", true, true, 1.05),
+                 })
         {
-            string path = dir[$"{dtype}{(embed ? "-embed" : "")}.palm"];
-            output.WriteLine(QuantizeCommand.Run(f32, path, dtype, null, embed));
+            string label = $"{dtype}{(embed ? "+embed" : "")}{(calibrate ? " GPTQ" : "")}";
+            string path = dir[$"{dtype}{(embed ? "-embed" : "")}{(calibrate ? "-gptq" : "")}.palm"];
+            output.WriteLine(QuantizeCommand.Run(f32, path, dtype, null, embed, calibrate ? calibration : null));
             double ppl = Math.Exp(ValLoss(PalmCheckpoint.Load(path).ToParameters(), val));
             double ratio = ppl / baseline;
-            output.WriteLine($"{dtype}{(embed ? "+embed" : "      ")} {new FileInfo(path).Length / 1024.0,7:F0} KiB  ppl {ppl:F3}  ({(ratio >= 1 ? "+" : "")}{(ratio - 1) * 100:F2}%)");
-            Assert.True(ratio <= limit, $"{dtype} embed={embed}: perplexity {ppl:F3} vs f32 {baseline:F3} (x{ratio:F4}, limit x{limit})");
+            output.WriteLine($"{label,-16} {new FileInfo(path).Length / 1024.0,7:F0} KiB  ppl {ppl:F3}  ({(ratio >= 1 ? "+" : "")}{(ratio - 1) * 100:F2}%)");
+            Assert.True(ratio <= limit, $"{label}: perplexity {ppl:F3} vs f32 {baseline:F3} (x{ratio:F4}, limit x{limit})");
+            if (dtype == "q4" && !embed) q4Ppl[label] = ppl;
         }
+        Assert.True(q4Ppl["q4 GPTQ"] < q4Ppl["q4"], $"GPTQ q4 perplexity {q4Ppl["q4 GPTQ"]:F3} is not below round-to-nearest's {q4Ppl["q4"]:F3}");
     }
 }

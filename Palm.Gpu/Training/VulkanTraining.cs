@@ -55,9 +55,12 @@ internal sealed class VulkanTraining : IDisposable
         public GpuTensor? V { get; } = v;
         public Muon.Scratch? Muon { get; } = muon;
         public int PartialOffset { get; set; }
+        /// <summary>Running gradient sum over micro-batches (allocated at the first accumulation).</summary>
+        public GpuTensor? Acc { get; set; }
 
         public void Dispose()
         {
+            Acc?.Dispose();
             Value.Dispose();
             Grad.Dispose();
             M.Dispose();
@@ -186,6 +189,34 @@ internal sealed class VulkanTraining : IDisposable
         var a = Prepare(tokens, targets, B, T);
         RecordForward(a);
         RecordBackward(a);
+        rec.Submit();
+        return Loss(a, targets);
+    }
+
+    /// <summary>
+    /// Micro-batch <paramref name="index"/> of <paramref name="count"/> (gradient accumulation):
+    /// forward, loss and backward, then its gradient scaled by 1/count is folded into a running sum
+    /// on the device (sum = s g; sum = s g + sum; ...; the last writes g = sum + s g), all in one
+    /// submission. After the last one the gradients hold the mean over the micro-batches, in the
+    /// CPU trainer's order of additions, ready for <see cref="ApplyOptimizer"/>. Returns the loss.
+    /// </summary>
+    public double AccumulateMicroBatch(ReadOnlySpan<int> tokens, ReadOnlySpan<int> targets, int B, int T, int index, int count)
+    {
+        if (count < 1 || index < 0 || index >= count) throw new ArgumentOutOfRangeException(nameof(index), $"micro-batch {index} of {count}");
+        var a = Prepare(tokens, targets, B, T);
+        RecordForward(a);
+        RecordBackward(a);
+        if (count > 1)
+        {
+            float scale = 1f / count;
+            foreach (var p in parameters)
+            {
+                p.Acc ??= ctx.CreateTensor(GpuDType.F32, p.Grad.Shape);
+                if (index == 0) Axpby.Record(rec, ctx, scale, p.Grad, 0f, p.Acc);
+                else if (index < count - 1) Axpby.Record(rec, ctx, scale, p.Grad, 1f, p.Acc);
+                else Axpby.Record(rec, ctx, 1f, p.Acc, scale, p.Grad);
+            }
+        }
         rec.Submit();
         return Loss(a, targets);
     }

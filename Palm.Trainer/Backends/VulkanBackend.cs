@@ -1,7 +1,7 @@
 // The Vulkan backend: Palm.Gpu's VulkanTraining holds the weights, gradients and optimizer
 // moments on the device and runs a whole step (forward, loss, backward, clip, Muon, AdamW) in
-// one queue submission. With grad_accum > 1 each micro-batch's gradients are read back, averaged
-// on the host in the CPU backend's order and written back before the optimizer submission.
+// one queue submission. With grad_accum > 1 each micro-batch is one submission that folds its
+// gradients into a running sum on the device (CPU backend's order), then one optimizer submission.
 // Weights and moments come back to the host only for checkpoints, samples and the caller.
 using Palm.Inference.Backends;
 using Palm.Gpu;
@@ -60,20 +60,10 @@ internal sealed class VulkanBackend : ITrainingBackend
             var r = _gpu.Step(micro[0].X, micro[0].Y, batch, t, h);
             return (r.Loss, r.GradNorm);
         }
-        // Same sums as CpuBackend: each micro-batch's gradient scaled by 1/accum, added in order.
-        float scale = 1f / micro.Count;
-        var sum = _host.All.ToDictionary(p => p.Name, p => new float[p.Length], StringComparer.Ordinal);
+        // Same sums as CpuBackend (each micro-batch's gradient scaled by 1/accum, added in order),
+        // formed on the device: no gradient leaves it.
         double loss = 0;
-        foreach (var mb in micro)
-        {
-            loss += _gpu.LossAndGradients(mb.X, mb.Y, batch, t);
-            foreach (var (name, acc) in sum)
-            {
-                var g = _gpu.Read(name, ParamSlot.Grad);
-                for (int i = 0; i < acc.Length; i++) acc[i] += scale * g[i];
-            }
-        }
-        foreach (var (name, acc) in sum) _gpu.Write(name, ParamSlot.Grad, acc);
+        for (int i = 0; i < micro.Count; i++) loss += _gpu.AccumulateMicroBatch(micro[i].X, micro[i].Y, batch, t, i, micro.Count);
         double norm = _gpu.ApplyOptimizer(h);
         return (loss / micro.Count, norm);
     }

@@ -52,6 +52,8 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
 
     protected override void Add(float[] y, float[] x) => Kernels.Add.Reference(y, x);
 
+    protected override void Axpby(float alpha, float[] x, float beta, float[] y) => Kernels.Axpby.Reference(alpha, x, beta, y);
+
     protected override void CrossEntropy(float[] logits, int[] targets, int V, float[] loss) =>
         Kernels.CrossEntropy.Reference(logits, targets, V, loss);
 

@@ -37,6 +37,8 @@ public abstract class KernelConformance
     protected abstract void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y);
     protected abstract void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output);
     protected abstract void Add(float[] y, float[] x);
+    /// <summary>y = alpha x + beta y in place (beta = 0: y not read).</summary>
+    protected abstract void Axpby(float alpha, float[] x, float beta, float[] y);
     protected abstract void CrossEntropy(float[] logits, int[] targets, int V, float[] loss);
     protected abstract void Argmax(float[] logits, int rows, int V, int[] idx);
 
@@ -231,6 +233,21 @@ public abstract class KernelConformance
         for (var i = 0; i < n; i++) expected[i] = (double)x[i] + y[i];
         Add(y, x);
         Tolerance.AssertClose(x, expected, Tolerance.F32Atol, Tolerance.F32Rtol, $"add n={n}", Seed, 0);
+    }
+
+    [ConformanceTheory]
+    [InlineData(1, 0.5f, 1f)]
+    [InlineData(257, 0.25f, 1f)]       // past one workgroup
+    [InlineData(1000, 1f, 0.125f)]     // the last micro-batch's form: g = acc + s g
+    [InlineData(300, 0.5f, 0f)]        // beta = 0 must not read y: y starts as NaN
+    public void Axpby_matches_reference(int n, float alpha, float beta)
+    {
+        var x = Uniform(n);
+        var y = beta == 0f ? Poisoned(n) : Uniform(n);
+        var expected = new double[n];
+        for (var i = 0; i < n; i++) expected[i] = alpha * (double)x[i] + (beta == 0f ? 0 : beta * (double)y[i]);
+        Axpby(alpha, x, beta, y);
+        Tolerance.AssertClose(y, expected, Tolerance.F32Atol, Tolerance.F32Rtol, $"axpby n={n} alpha={alpha} beta={beta}", Seed, 0);
     }
 
     [ConformanceTheory]

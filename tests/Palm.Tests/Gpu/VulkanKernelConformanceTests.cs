@@ -178,6 +178,13 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         Run(output, to, rec => Kernels.SwiGlu.Record(rec, Ctx, tab, residual, to));
     }
 
+    protected override void Axpby(float alpha, float[] x, float beta, float[] y)
+    {
+        using var tx = Ctx.CreateTensor(x, GpuDType.F32, x.Length);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, y.Length);
+        Run(y, ty, rec => Kernels.Axpby.Record(rec, Ctx, alpha, tx, beta, ty));
+    }
+
     protected override void Add(float[] y, float[] x)
     {
         using var ty = Ctx.CreateTensor(y, GpuDType.F32, y.Length);

@@ -97,6 +97,51 @@ public sealed class VulkanTrainingTests : IDisposable
         AssertStepOutputs(t, g, r.GradNorm, "step");
     }
 
+    /// <summary>
+    /// Gradient accumulation on the device: three micro-batches (the golden batch, and it with its
+    /// rows rotated and its tokens shifted) folded by AccumulateMicroBatch must leave the mean of
+    /// the three gradients each computed alone, in the host's order of additions; one submission
+    /// per micro-batch and nothing read back in between.
+    /// </summary>
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Micro_batch_accumulation_equals_the_mean_of_the_gradients(string file)
+    {
+        var g = GoldenCase.Load(file);
+        int V = g.Config.VocabSize, n = g.FlatTokens.Length;
+        var micro = new List<(int[] X, int[] Y)> { (g.FlatTokens, g.FlatTargets) };
+        for (int k = 1; k < 3; k++)
+            micro.Add((g.FlatTokens.Select((_, i) => (g.FlatTokens[(i + k * g.T) % n] + k) % V).ToArray(),
+                       g.FlatTargets.Select((_, i) => g.FlatTargets[(i + k * g.T) % n] is var y && y < 0 ? y : (y + 2 * k) % V).ToArray()));
+        using var t = Load(Ctx, g);
+        var alone = new Dictionary<string, float[]>();
+        foreach (var name in t.Names) alone[name] = new float[t.Read(name, ParamSlot.Grad).Length];
+        var losses = new double[micro.Count];
+        for (int m = 0; m < micro.Count; m++)
+        {
+            losses[m] = t.LossAndGradients(micro[m].X, micro[m].Y, g.B, g.T);
+            foreach (var name in t.Names)
+            {
+                var gr = t.Read(name, ParamSlot.Grad);
+                var acc = alone[name];
+                for (int i = 0; i < acc.Length; i++) acc[i] += (1f / micro.Count) * gr[i];
+            }
+        }
+        int before = t.Recorder.Submissions;
+        for (int m = 0; m < micro.Count; m++)
+        {
+            var loss = t.AccumulateMicroBatch(micro[m].X, micro[m].Y, g.B, g.T, m, micro.Count);
+            Assert.Equal(before + m + 1, t.Recorder.Submissions);
+            Assert.Equal(losses[m], loss, 12);
+        }
+        foreach (var name in t.Names)
+        {
+            // Same kernels, same products and the same order of float32 additions: exact up to
+            // the rounding the backward itself may vary by (none expected; 1e-6 relative allowed).
+            var got = t.Read(name, ParamSlot.Grad);
+            Numerics.AssertCloseRelMax(got, alone[name], 1e-6, $"{g.Name} accumulated grad {name}");
+        }
+    }
+
     [VulkanTheory, MemberData(nameof(Files))]
     public void Optimizer_on_stored_grads_matches_golden(string file)
     {

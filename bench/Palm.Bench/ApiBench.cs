@@ -15,10 +15,10 @@ namespace Palm.Bench;
 
 public static class ApiBench
 {
-    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32] [--no-gpu-time]</c>.</summary>
+    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32] [--no-gpu-time] [--no-peer]</c>.</summary>
     public static int Run(string[] args)
     {
-        var backend = Backend.Cpu; int tokens = 256, sessions = 32; bool gpuTime = true;
+        var backend = Backend.Cpu; int tokens = 256, sessions = 32; bool gpuTime = true, peer = true;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -27,6 +27,7 @@ public static class ApiBench
                 case "--tokens" when i + 1 < args.Length: tokens = int.Parse(args[++i]); break;
                 case "--sessions" when i + 1 < args.Length: sessions = int.Parse(args[++i]); break;
                 case "--no-gpu-time": gpuTime = false; break;
+                case "--no-peer": peer = false; break;
                 default: Console.Error.WriteLine($"api bench: unknown argument '{args[i]}'"); return 2;
             }
         }
@@ -39,16 +40,25 @@ public static class ApiBench
         PalmCheckpoint.FromParameters(p, ck.Tokenizer).Save(small);
         Console.WriteLine($"| model | backend | load ms | TTFT ms (32-token prompt) | decode tok/s, 1 session | wall ms/token, 1 session | GPU ms/token, 1 session | decode tok/s, {sessions} sessions (sum) | GPU ms/token, {sessions} sessions |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
+        double smallDecode;
         try
         {
-            foreach (var (name, path) in new[] { ("built-in palm-kjv", builtin), ("small (random)", small) })
-                Measure(name, path, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
+            Measure("built-in palm-kjv", builtin, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
+            smallDecode = Measure("small (random)", small, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
         }
         finally { File.Delete(small); }
+        if (peer)
+        {
+            // The yardstick, in the same run: PyTorch's batch-1 decode of the same preset
+            // (recurrent, and the upstream full-recompute way), against our API's 1-session decode.
+            foreach (var r in ModelBench.RunPeer("small", "decode,decode_full"))
+                Console.WriteLine($"peer {r.Backend} {r.What}: {r.TokensPerSecond:F0} tok/s" +
+                                  (r.What == "decode" ? $"; API 1-session decode of `small` above = {smallDecode / r.TokensPerSecond:F2}x" : ""));
+        }
         return 0;
     }
 
-    private static async Task Measure(string name, string path, Backend backend, int tokens, int sessions, bool gpuTime)
+    private static async Task<double> Measure(string name, string path, Backend backend, int tokens, int sessions, bool gpuTime)
     {
         var sw = Stopwatch.StartNew();
         KernelProfiler? profiler = null;
@@ -99,5 +109,6 @@ public static class ApiBench
         static string Ms(double v) => double.IsNaN(v) ? "-" : v.ToString("F3", System.Globalization.CultureInfo.InvariantCulture);
         Console.WriteLine($"| {name} | {model.BackendDescription.Split(';')[0]} | {loadMs:F0} | {runs.Select(x => x.Ttft).Order().ElementAt(1):F1} | {med.Tokens / med.Total:F0} | " +
                           $"{Ms(1000 * med.Total / med.Tokens)} | {Ms(med.GpuMs)} | {concurrent:F0} | {Ms(gpuConcurrent)} |");
+        return med.Tokens / med.Total;
     }
 }

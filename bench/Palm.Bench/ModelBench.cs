@@ -170,7 +170,7 @@ public static class ModelBench
     }
 
     /// <summary>Runs the PyTorch peer with --json; rows it prints become peer rows.</summary>
-    private static IEnumerable<Row> RunPeer(string preset, string what)
+    internal static IEnumerable<Row> RunPeer(string preset, string what)
     {
         var script = FindPeerScript();
         if (script is null) { Console.WriteLine("peer: ../shared/bench/torch_palm_bench.py not found; skipped"); return []; }

@@ -319,7 +319,7 @@ internal sealed class VulkanForward : IDisposable
             RmsNorm.Record(rec, ctx, a.X, a.H);
             RecordLinear(blk.Qkv, a.H, a.Qkv, a.U, relu2Between: true);
             Aod.Record(rec, ctx, a.Qkv, a.Cos, a.Sin, true, B, T, c.NHead, pool is null ? null : a.Slots,
-                pool?.S[app] ?? a.FreshS, pool is null ? a.FreshZ : pool.Z?[app], a.Y);
+                pool?.S[app] ?? a.FreshS, pool is null ? a.FreshZ : pool.Z?[app], a.Y, a.ChunkS, a.ChunkZ);
             RecordLinear(blk.Proj, a.Y, a.O, a.U, relu2Between: false);
             SwiGlu.Record(rec, ctx, a.O, residual: true, a.X);
             if (blk.Up is not null)
@@ -437,6 +437,9 @@ internal sealed class VulkanForward : IDisposable
             // Bound but never read or written by a scan that starts from zero.
             FreshS = New(GpuDType.F32, B, c.DQkv);
             FreshZ = c.MeanMix ? New(GpuDType.F32, B, c.DQkv) : null;
+            // The chunked AoD scan's per-chunk sums; a decoding step (T = 1) never takes it.
+            ChunkS = T > 1 ? New(GpuDType.F32, Aod.ChunkRows(B, T), c.DQkv) : null;
+            ChunkZ = T > 1 && c.MeanMix ? New(GpuDType.F32, Aod.ChunkRows(B, T), c.DQkv) : null;
         }
 
         public GpuTensor Tokens { get; }     // (rows) i32
@@ -459,6 +462,8 @@ internal sealed class VulkanForward : IDisposable
         public GpuTensor Sin { get; }        // (rows, hd/2)
         public GpuTensor FreshS { get; }     // (B, D)
         public GpuTensor? FreshZ { get; }    // (B, D)
+        public GpuTensor? ChunkS { get; }    // (B*chunks, D), T > 1 only
+        public GpuTensor? ChunkZ { get; }    // (B*chunks, D), T > 1 and mean mixing only
         public long[] RopeStarts { get; }    // (B): the starts the tables hold when RopeValid
         public bool RopeValid { get; set; }
         public long LastUse { get; set; }

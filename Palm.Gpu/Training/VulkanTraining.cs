@@ -309,7 +309,7 @@ internal sealed class VulkanTraining : IDisposable
                 Linear.Record(rec, ctx, s.H, blk.Qkv.W1!.Value, true, s.QkvA!);
                 Linear.Record(rec, ctx, s.QkvA!, blk.Qkv.W2!.Value, false, s.Qkv);
             }
-            Aod.Record(rec, ctx, s.Qkv, a.Cos, a.Sin, false, a.B, a.T, c.NHead, null, a.FreshS, a.FreshZ, s.Y);
+            Aod.Record(rec, ctx, s.Qkv, a.Cos, a.Sin, false, a.B, a.T, c.NHead, null, a.FreshS, a.FreshZ, s.Y, a.ChunkS, a.ChunkZ);
             ForwardLinear(blk.Proj, s.Y, s.ProjA, s.O);
             // x_{app+1} = x_app + AoD (+ FFN): a fresh buffer, since the backward needs x_app.
             SwiGlu.Record(rec, ctx, s.O, residual: false, a.X[app + 1]);
@@ -478,6 +478,9 @@ internal sealed class VulkanTraining : IDisposable
             Ffn = ffn ? F([rows, c.NEmbd]) : null;
             FreshS = F([B, c.DQkv]);
             FreshZ = c.MeanMix ? F([B, c.DQkv]) : null;
+            // The chunked AoD scan's per-chunk sums (forward only; the backward has its own scan).
+            ChunkS = T > 1 ? F([Aod.ChunkRows(B, T), c.DQkv]) : null;
+            ChunkZ = T > 1 && c.MeanMix ? F([Aod.ChunkRows(B, T), c.DQkv]) : null;
             Hf = F([rows, c.NEmbd]);
             UnembedA = r > 0 ? F([rows, r]) : null;
             Logits = F([rows, c.VocabSize]);
@@ -511,6 +514,8 @@ internal sealed class VulkanTraining : IDisposable
         public GpuTensor? Ffn { get; }           // (rows, C) DOWN output, consumed at once
         public GpuTensor FreshS { get; }         // (B, D) bound, unused: the scan starts at zero
         public GpuTensor? FreshZ { get; }
+        public GpuTensor? ChunkS { get; }        // (B*chunks, D), T > 1 only
+        public GpuTensor? ChunkZ { get; }        // (B*chunks, D), T > 1 and mean mixing only
         public GpuTensor Hf { get; }             // (rows, C) final rmsnorm
         public GpuTensor? UnembedA { get; }      // (rows, r)
         public GpuTensor Logits { get; }         // (rows, V)

@@ -14,11 +14,14 @@ namespace Palm.Bench;
 
 public static class GpuBench
 {
-    /// <summary>Usage: <c>[--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward]</c>.</summary>
+    /// <summary>
+    /// Usage: <c>[--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward] [--batch 8] [--aod-scans]</c>.
+    /// --aod-scans adds a Vulkan forward row with the AoD scan forced sequential, beside the default (chunked for long T).
+    /// </summary>
     public static int Run(string[] args)
     {
         var sizes = new List<int> { 256, 512, 1024 };
-        string preset = "small"; int reps = 3; bool forward = true;
+        string preset = "small"; int reps = 3, batch = 8; bool forward = true, scans = false;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -27,7 +30,9 @@ public static class GpuBench
                 case "--config" when i + 1 < args.Length: preset = args[++i]; break;
                 case "--reps" when i + 1 < args.Length: reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-forward": forward = false; break;
-                default: Console.Error.WriteLine($"gpu bench: unknown argument '{args[i]}'. Usage: [--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward]"); return 2;
+                case "--batch" when i + 1 < args.Length: batch = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--aod-scans": scans = true; break;
+                default: Console.Error.WriteLine($"gpu bench: unknown argument '{args[i]}'. Usage: [--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward] [--batch 8] [--aod-scans]"); return 2;
             }
         }
         VulkanContext ctx;
@@ -41,7 +46,7 @@ public static class GpuBench
             Console.WriteLine("|---|---|---|");
             var shapes = sizes.Select(s => (s, s, s)).Concat([(1, 1536, 256), (1, 4096, 256)]).ToList();
             foreach (var (m, n, k) in shapes) MatMul(ctx, m, n, k, reps);
-            if (forward) Forward(ctx, preset, reps);
+            if (forward) Forward(ctx, preset, reps, batch, scans);
         }
         return 0;
     }
@@ -124,14 +129,14 @@ public static class GpuBench
         return 0;
     }
 
-    private static void Forward(VulkanContext ctx, string preset, int reps)
+    private static void Forward(VulkanContext ctx, string preset, int reps, int B, bool scans)
     {
         var c = PalmConfig.Preset(preset);
         var p = new PalmParameters(c);
         p.InitTraining(new Rng(5));
         var gc = Palm.Inference.Backends.GpuMapping.ToGpu(c);
         using var vf = new VulkanForward(ctx, gc, Palm.Inference.Backends.GpuMapping.ToGpuWeights(p));
-        int B = 8, T = c.BlockSize;
+        int T = c.BlockSize;
         var rng = new Rng(9);
         var tokens = Enumerable.Range(0, B * T).Select(_ => rng.NextInt(c.VocabSize)).ToArray();
         var cpu = new CpuReferenceModel(p);
@@ -144,11 +149,20 @@ public static class GpuBench
             return ts[ts.Count / 2];
         }
         double gpu = Median(() => vf.Forward(tokens, B, T));
+        double sequential = 0;
+        if (scans)
+        {
+            var saved = Palm.Gpu.Kernels.Aod.ChunkedFrom;
+            Palm.Gpu.Kernels.Aod.ChunkedFrom = int.MaxValue;
+            try { sequential = Median(() => vf.Forward(tokens, B, T)); }
+            finally { Palm.Gpu.Kernels.Aod.ChunkedFrom = saved; }
+        }
         double cpuS = Median(() => cpu.Forward(tokens, B, T));
         Console.WriteLine();
         Console.WriteLine($"| forward `{preset}` {B}x{T} | tokens/s | median ms |");
         Console.WriteLine("|---|---|---|");
         Console.WriteLine($"| vulkan ({ctx.Capabilities.DeviceName}) | {B * T / gpu:F0} | {gpu * 1000:F0} |");
+        if (scans) Console.WriteLine($"| vulkan, AoD scan sequential | {B * T / sequential:F0} | {sequential * 1000:F0} |");
         Console.WriteLine($"| csharp-cpu-reference | {B * T / cpuS:F0} | {cpuS * 1000:F0} |");
     }
 }

@@ -47,6 +47,49 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
         Kernels.Aod.Reference(qkv, cos, sin, ropePerRow, slots, B, T, D, H, sRun, zRun, z is not null, y);
     }
 
+    protected override void AodChunked(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int L, int[]? slots, float[] s, float[]? z, float[] y)
+    {
+        var sRun = slots is not null ? s : new float[B * D];
+        var zRun = z is null ? null : slots is not null ? z : new float[B * D];
+        Kernels.Aod.ChunkedReference(qkv, cos, sin, ropePerRow, slots, B, T, D, H, L, sRun, zRun, z is not null, y);
+    }
+
+    /// <summary>The chunked twin is held to the same float64 oracle as the sequential one.</summary>
+    protected override (double[] Y, double[] S, double[]? Z) AodChunkedExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int L,
+        int[]? slots, float[] s, float[]? z) => AodExpected(qkv, cos, sin, ropePerRow, B, T, D, H, slots, s, z);
+
+    // The two float32 twins side by side: the chunked one regroups the sequential one's sums, so
+    // they agree to float32 rounding of T-term sums (ForReduction(T) relative to the sums' size).
+    [Theory]
+    [InlineData(1, 3, 1, 4, 16, false)]
+    [InlineData(2, 33, 2, 8, 16, true)]
+    [InlineData(3, 257, 3, 12, 32, false)]
+    [InlineData(2, 100, 1, 16, 7, true)]
+    public void Aod_chunked_twin_matches_the_sequential_twin(int B, int T, int H, int hd, int L, bool mean)
+    {
+        var D = H * hd;
+        var qkv = Uniform(B * T * 3 * D, 2.0);
+        var cos = new float[T * hd / 2];
+        var sin = new float[T * hd / 2];
+        Kernels.Aod.RopeTables(hd, 5, T, cos, sin);
+        var s0 = Uniform(B * D, 3.0);
+        var z0 = Array.ConvertAll(Uniform(B * D), v => 2f + v);
+        float[] sSeq = (float[])s0.Clone(), zSeq = (float[])z0.Clone(), ySeq = Poisoned(B * T * D);
+        float[] sChk = (float[])s0.Clone(), zChk = (float[])z0.Clone(), yChk = Poisoned(B * T * D);
+        Kernels.Aod.Reference(qkv, cos, sin, false, [], B, T, D, H, sSeq, mean ? zSeq : null, mean, ySeq);
+        Kernels.Aod.ChunkedReference(qkv, cos, sin, false, [], B, T, D, H, L, sChk, mean ? zChk : null, mean, yChk);
+        var what = $"aod chunked vs sequential twin B={B} T={T} H={H} hd={hd} L={L} mean={mean}";
+        var yRef = Array.ConvertAll(ySeq, v => (double)v);
+        var sRef = Array.ConvertAll(sSeq, v => (double)v);
+        Tolerance.AssertClose(yChk, yRef, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(yRef)), Tolerance.F32Rtol, what + " y", Seed, D);
+        Tolerance.AssertClose(sChk, sRef, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(sRef)), Tolerance.F32Rtol, what + " S", Seed, D);
+        if (mean)
+        {
+            var zRef = Array.ConvertAll(zSeq, v => (double)v);
+            Tolerance.AssertClose(zChk, zRef, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(zRef)), Tolerance.F32Rtol, what + " Z", Seed, D);
+        }
+    }
+
     protected override void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output) =>
         Kernels.SwiGlu.Reference(ab, rows, n, residual, output);
 

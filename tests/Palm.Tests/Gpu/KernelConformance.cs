@@ -35,6 +35,8 @@ public abstract class KernelConformance
     /// <summary>qkv (B*T, 3D), cos/sin (T, hd/2) or per row (B*T, hd/2); s, z (capacity, D) in/out with sequence b
     /// in row slots[b], or slots null for a fresh scan that leaves them alone (z null for sum mixing); y (B*T, D).</summary>
     protected abstract void Aod(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int[]? slots, float[] s, float[]? z, float[] y);
+    /// <summary>The chunked form of <see cref="Aod"/> with chunks of L tokens (forced, whatever T is); arguments as there.</summary>
+    protected abstract void AodChunked(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int L, int[]? slots, float[] s, float[]? z, float[] y);
     protected abstract void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output);
     protected abstract void Add(float[] y, float[] x);
     /// <summary>y = alpha x + beta y in place (beta = 0: y not read).</summary>
@@ -51,6 +53,9 @@ public abstract class KernelConformance
     protected abstract double[] EmbeddingQuantizedExpected(int[] idx, QuantizedTensor table, int V, int C);
     /// <summary>y (B*T, D) and the state pools after the tokens (unchanged inputs when slots is null).</summary>
     protected abstract (double[] Y, double[] S, double[]? Z) AodExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H,
+        int[]? slots, float[] s, float[]? z);
+    /// <summary>The oracle of <see cref="AodChunked"/>: y and the state pools as <see cref="AodExpected"/>.</summary>
+    protected abstract (double[] Y, double[] S, double[]? Z) AodChunkedExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int L,
         int[]? slots, float[] s, float[]? z);
     protected abstract double[] SwiGluExpected(float[] ab, int rows, int n, bool residual, float[] output);
     protected abstract double[] CrossEntropyExpected(float[] logits, int[] targets, int V);
@@ -200,6 +205,39 @@ public abstract class KernelConformance
         Aod(qkv, cos, sin, perRow, B, T, D, H, slots, s, z, y);
         // The scan adds T terms: errors grow like sqrt(T) relative to the running sums' size.
         var what = $"aod B={B} T={T} H={H} hd={hd} mean={mean} state={hasState} pos0={pos0} perRow={perRow} slots=[{string.Join(",", slots ?? [])}]";
+        Tolerance.AssertClose(y, ys, Tolerance.ForReduction(T + hd) * Math.Max(1, MaxAbs(ys)), Tolerance.F32Rtol, what + " y", Seed, D);
+        Tolerance.AssertClose(s, ss, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(ss)), Tolerance.F32Rtol, what + " S", Seed, D);
+        if (mean) Tolerance.AssertClose(z!, zs!, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(zs!)), Tolerance.F32Rtol, what + " Z", Seed, D);
+    }
+
+    [ConformanceTheory]
+    [InlineData(2, 37, 2, 12, 16, false, true, 0, true)]        // T not a multiple of L, per-row tables, shuffled slots
+    [InlineData(1, 5, 3, 8, 16, true, true, 7, false)]          // T < L: one short chunk
+    [InlineData(2, 16, 2, 8, 16, false, false, 3, false)]       // T = exactly one chunk, fresh scan
+    [InlineData(3, 50, 2, 16, 16, true, true, 11, true)]        // B > 1, mean, per-row tables, shuffled slots
+    [InlineData(2, 40, 1, 4, 8, true, false, 0, true)]          // fresh mean scan, 5 whole chunks
+    [InlineData(2, 23, 4, 48, 4, false, true, 1, true)]         // 2 heads of 48 per workgroup, tiny chunks
+    [InlineData(1, 1000, 2, 16, 16, true, true, 4990, false)]   // long T, positions near 5000, mean
+    [InlineData(2, 1000, 4, 8, 32, false, true, 4000, true)]    // long T, sum, per row near 5000
+    public void Aod_chunked_matches_reference(int B, int T, int H, int hd, int L, bool mean, bool hasState, int pos0, bool perRow)
+    {
+        var D = H * hd;
+        var qkv = Uniform(B * T * 3 * D, 2.0);
+        var ropeRows = perRow ? B * T : T;
+        var cos = new float[ropeRows * hd / 2];
+        var sin = new float[ropeRows * hd / 2];
+        for (var b = 0; b < (perRow ? B : 1); b++)
+            Palm.Gpu.Kernels.Aod.RopeTables(hd, pos0 + 97 * b, T, cos.AsSpan(b * T * hd / 2), sin.AsSpan(b * T * hd / 2));
+        var capacity = B + 3;
+        var slots = hasState ? Enumerable.Range(0, capacity).OrderBy(_ => Rng.Next()).Take(B).ToArray() : null;
+        var s = Uniform(capacity * D, 3.0);
+        var z = mean ? Array.ConvertAll(Uniform(capacity * D), v => 2f + v) : null;
+        var (ys, ss, zs) = AodChunkedExpected(qkv, cos, sin, perRow, B, T, D, H, L, slots, (float[])s.Clone(), (float[]?)z?.Clone());
+        var y = Poisoned(B * T * D);
+        AodChunked(qkv, cos, sin, perRow, B, T, D, H, L, slots, s, z, y);
+        // The same sums as the sequential scan, regrouped as (state + earlier chunks) + in-chunk
+        // terms: still T terms, so the sequential form's sqrt(T) bound applies unchanged.
+        var what = $"aod chunked B={B} T={T} H={H} hd={hd} L={L} mean={mean} state={hasState} pos0={pos0} perRow={perRow} slots=[{string.Join(",", slots ?? [])}]";
         Tolerance.AssertClose(y, ys, Tolerance.ForReduction(T + hd) * Math.Max(1, MaxAbs(ys)), Tolerance.F32Rtol, what + " y", Seed, D);
         Tolerance.AssertClose(s, ss, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(ss)), Tolerance.F32Rtol, what + " S", Seed, D);
         if (mean) Tolerance.AssertClose(z!, zs!, Tolerance.ForReduction(T) * Math.Max(1, MaxAbs(zs!)), Tolerance.F32Rtol, what + " Z", Seed, D);

@@ -112,6 +112,53 @@ public sealed class VulkanForwardTests : IDisposable
         }
     }
 
+    // The golden sequences (T <= 17) are shorter than Aod.ChunkedFrom. With the switch lowered,
+    // every AoD application of the parallel forward, the loss and a stateful prefill takes the
+    // chunked scan (one chunk of 16, or 16 + 1 for T = 17), held to the same golden logits and loss;
+    // the dispatch count shows the two extra passes per application actually ran.
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Chunked_aod_scan_matches_golden(string file)
+    {
+        var g = GoldenCase.Load(file);
+        int B = g.B, T = g.T, V = g.Config.VocabSize;
+        var where = LogitIndex(T, V);
+        using var fwd = Load(Ctx, g);
+        fwd.Forward(g.FlatTokens, B, T);
+        var sequentialDispatches = fwd.Recorder.DispatchCount;
+        var saved = Aod.ChunkedFrom;
+        Aod.ChunkedFrom = 2;
+        try
+        {
+            var logits = fwd.Forward(g.FlatTokens, B, T);
+            Assert.Equal(sequentialDispatches + 2 * ToGpu(g.Config).Applications, fwd.Recorder.DispatchCount);
+            Numerics.AssertClose(logits, g.Logits.Data, LogitsAtol, LogitsRtol, $"{g.Name} GPU chunked-scan logits", where);
+            var loss = fwd.Loss(g.FlatTokens, g.FlatTargets, B, T);
+            Assert.True(Math.Abs(loss - g.Loss) <= LossAtol, $"{g.Name} GPU chunked-scan loss {loss:g9}, ref {g.Loss:g9}, err {Math.Abs(loss - g.Loss):g3} > {LossAtol}");
+
+            // A stateful prefill of T - 1 tokens through the chunked scan, then one step from the
+            // state it left: the last row must still match.
+            using var state = fwd.CreateState(B);
+            var head = new int[B * (T - 1)];
+            for (var b = 0; b < B; b++)
+                for (var i = 0; i < T - 1; i++) head[b * (T - 1) + i] = g.Tokens[b][i];
+            var pre = fwd.Prefill(head, T - 1, state);
+            var step = new float[B * V];
+            fwd.Step(Enumerable.Range(0, B).Select(b => g.Tokens[b][T - 1]).ToArray(), state, step);
+            for (var b = 0; b < B; b++)
+            {
+                Numerics.AssertClose(pre.AsSpan(b * (T - 1) * V, (T - 1) * V), g.Logits.Data.AsSpan(b * T * V, (T - 1) * V), LogitsAtol, LogitsRtol,
+                    $"{g.Name} GPU chunked-scan prefill, sequence {b}");
+                Numerics.AssertClose(step.AsSpan(b * V, V), g.Logits.Data.AsSpan((b * T + T - 1) * V, V), LogitsAtol, LogitsRtol,
+                    $"{g.Name} GPU step after a chunked-scan prefill, sequence {b}");
+            }
+            output.WriteLine($"{g.Name}: chunked scan max |logits - golden| {Numerics.MaxAbsDiff(logits, g.Logits.Data):g3}, |loss - golden| {Math.Abs(loss - g.Loss):g3}");
+        }
+        finally
+        {
+            Aod.ChunkedFrom = saved;
+        }
+    }
+
     [VulkanFact]
     public void Greedy_steps_pick_the_argmax_and_reuse_their_buffers()
     {

@@ -171,6 +171,39 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         tZ?.Download(z);
     }
 
+    protected override void AodChunked(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int L, int[]? slots, float[] s, float[]? z, float[] y)
+    {
+        var hd = D / H;
+        var ropeRows = ropePerRow ? B * T : T;
+        using var tq = Ctx.CreateTensor(qkv, GpuDType.F32, B * T, 3 * D);
+        using var tc = Ctx.CreateTensor(cos, GpuDType.F32, ropeRows, hd / 2);
+        using var ts = Ctx.CreateTensor(sin, GpuDType.F32, ropeRows, hd / 2);
+        using var tSlots = slots is null ? null : Ctx.CreateTensor(GpuDType.I32, B);
+        tSlots?.Upload(slots!);
+        using var tS = Ctx.CreateTensor(s, GpuDType.F32, s.Length / D, D);
+        using var tZ = z is null ? null : Ctx.CreateTensor(z, GpuDType.F32, z.Length / D, D);
+        // Scratch poisoned: a start value the prefix pass forgets to write shows as NaN in y.
+        var rows = Kernels.Aod.ChunkRows(B, T, L);
+        using var chunkS = Ctx.CreateTensor(Poisoned(rows * D), GpuDType.F32, rows, D);
+        using var chunkZ = z is null ? null : Ctx.CreateTensor(Poisoned(rows * D), GpuDType.F32, rows, D);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, B * T, D);
+        Run(y, ty, rec => Kernels.Aod.RecordChunked(rec, Ctx, tq, tc, ts, ropePerRow, B, T, H, L, tSlots, tS, tZ, chunkS, chunkZ, ty));
+        tS.Download(s);
+        tZ?.Download(z);
+    }
+
+    /// <summary>The chunked CPU twin: the same three passes, the same order of float32 sums.</summary>
+    protected override (double[] Y, double[] S, double[]? Z) AodChunkedExpected(float[] qkv, float[] cos, float[] sin, bool ropePerRow, int B, int T, int D, int H, int L,
+        int[]? slots, float[] s, float[]? z)
+    {
+        var hasState = slots is not null;
+        var y = new float[B * T * D];
+        var sRun = hasState ? (float[])s.Clone() : new float[B * D];
+        var zRun = z is null ? null : hasState ? (float[])z.Clone() : new float[B * D];
+        Kernels.Aod.ChunkedReference(qkv, cos, sin, ropePerRow, slots, B, T, D, H, L, sRun, zRun, z is not null, y);
+        return (D2(y), D2(hasState ? sRun : s), z is null ? null : D2(hasState ? zRun! : z));
+    }
+
     protected override void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output)
     {
         using var tab = Ctx.CreateTensor(ab, GpuDType.F32, rows, 2 * n);

@@ -142,6 +142,23 @@ public sealed class VulkanTrainingTests : IDisposable
         }
     }
 
+    // The golden T is below Aod.ChunkedFrom: lowered, the training forward's AoD takes the
+    // chunked scan, and the loss and gradients must still match.
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Training_step_with_the_chunked_aod_scan_matches_golden(string file)
+    {
+        var saved = Palm.Gpu.Kernels.Aod.ChunkedFrom;
+        Palm.Gpu.Kernels.Aod.ChunkedFrom = 2;
+        try
+        {
+            Training_step_matches_golden(file);
+        }
+        finally
+        {
+            Palm.Gpu.Kernels.Aod.ChunkedFrom = saved;
+        }
+    }
+
     [VulkanTheory, MemberData(nameof(Files))]
     public void Optimizer_on_stored_grads_matches_golden(string file)
     {

@@ -45,7 +45,7 @@ public static class QuantBench
             for (int i = 0; i < k; i++) x[i] = (float)(2 * rng.NextDouble() - 1);
             var y = new float[n];
             double flops = 2.0 * n * k;
-            Row(n, k, "f32 FastCpuDecoder.MatVec", flops / Seconds(() => FastCpuDecoder.MatVec(w, n, k, x, y)), 4L * n * k);
+            Row(n, k, "f32 FloatMatVec.MatVec", flops / Seconds(() => FloatMatVec.MatVec(w, n, k, x, y)), 4L * n * k);
             foreach (var (dtype, g) in new[] { (TensorDType.Q8, k), (TensorDType.Q4, 32) })
             {
                 var q = QuantizedTensor.Quantize(w, dtype, g);

@@ -13,6 +13,13 @@
 // Because the partition is fixed and the partial sums are always added in the same order, one
 // thread running both parts produces bit-identical logits: batched steps (one sequence per pool
 // thread), a busy team and single-core machines all give the same text for the same seed.
+//
+// Weights are CpuWeights: each matrix float32 or q8/q4 as stored (CpuMatrix branches once per
+// product). The split points are multiples of head_dim or 16, not of the quantization group, so a
+// part's column slice may begin or end inside a group (q8 keeps one scale per row by default) or,
+// for q4, on the high nibble of a byte; QuantizedMatVec.MatVecCols sums each clipped group and
+// scales it once, in a fixed order, so the property above holds for quantized weights too
+// (FastCpuDecoderTwoCoreTests). A quantized embedding row is decoded into per-thread scratch.
 using System.Diagnostics;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;

@@ -26,7 +26,7 @@ namespace Palm.Inference;
 /// time are stepped together in one batched backend call. A single <see cref="PalmSession"/> runs one
 /// call at a time.</para>
 /// <para><b>Memory.</b> <see cref="WeightBytes"/> is held once per model (a q8/q4 file stays quantized on
-/// the Vulkan backend; the CPU backend expands it to float32); each session adds
+/// both backends); each session adds
 /// <see cref="SessionBytes"/>, independent of how long its conversation runs (Palm keeps no KV cache).</para>
 /// </remarks>
 public sealed class PalmModel : IDisposable
@@ -85,11 +85,10 @@ public sealed class PalmModel : IDisposable
         options.Progress?.Report(new ModelLoadProgress("hash", 0.4));
         var hash = weights.Hash();
         options.Progress?.Report(new ModelLoadProgress("backend", 0.6));
-        // The CPU backend computes in float32 (quantized tensors are dequantized here); the Vulkan
-        // backend keeps q8/q4 tensors quantized on the device.
+        // Both backends keep q8/q4 tensors quantized: the CPU reads them in place, Vulkan uploads their bytes.
         IInferenceBackend backend = options.Backend switch
         {
-            Backend.Cpu => new CpuBackend(weights.ToParameters()),
+            Backend.Cpu => new CpuBackend(weights.ToCpu()),
             Backend.Vulkan => VulkanBackend.Create(weights),
             Backend.Auto => AutoBackend(weights),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Backend, "unknown backend"),
@@ -112,7 +111,7 @@ public sealed class PalmModel : IDisposable
         }
         catch (GpuUnavailableException e)
         {
-            return new CpuBackend(weights.ToParameters(), "Vulkan unavailable: " + e.Message);
+            return new CpuBackend(weights.ToCpu(), "Vulkan unavailable: " + e.Message);
         }
         // A software Vulkan driver (lavapipe/llvmpipe) runs on the same CPU cores as the CPU
         // backend but through an emulated GPU: measured about 6x slower on the demo model. Use it
@@ -121,7 +120,7 @@ public sealed class PalmModel : IDisposable
         {
             var name = ctx.Capabilities.DeviceName;
             ctx.Dispose();
-            return new CpuBackend(weights.ToParameters(), $"the only Vulkan device, {name}, is a software (CPU) implementation; set PALM_VK_DEVICE or Backend.Vulkan to use it");
+            return new CpuBackend(weights.ToCpu(), $"the only Vulkan device, {name}, is a software (CPU) implementation; set PALM_VK_DEVICE or Backend.Vulkan to use it");
         }
         return VulkanBackend.Create(ctx, weights);
     }
@@ -146,9 +145,9 @@ public sealed class PalmModel : IDisposable
     public string Id => Convert.ToHexStringLower(Hash);
 
     /// <summary>
-    /// Bytes of weights the backend holds resident: on <see cref="Backend.Cpu"/> 4 per parameter (q8/q4
-    /// files are expanded to float32 on load there); on <see cref="Backend.Vulkan"/> the device
-    /// buffers, where q8/q4 tensors stay quantized (1 byte or half a byte per element plus their scales).
+    /// Bytes of weights the backend holds resident: float32 tensors 4 per parameter, q8/q4 tensors 1 byte
+    /// or half a byte per element plus their scales (they stay quantized on both backends); on
+    /// <see cref="Backend.Vulkan"/> the device buffers (each rounded up to 4 bytes).
     /// </summary>
     public long WeightBytes => _backend.WeightBytes;
 

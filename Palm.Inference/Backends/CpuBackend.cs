@@ -1,21 +1,26 @@
 // The CPU backend: the fast CPU path (FastCpuModel for prefill, FastCpuDecoder for steps; both
 // checked against the reference model). Batched steps run the sequences in parallel, each
 // through its own state, so a sequence's result never depends on what it is batched with.
+// Weights are CpuWeights: a q8/q4 checkpoint's tensors stay quantized (read in place by
+// Cpu/QuantizedMatVec; no float copy exists), so WeightBytes is what the file's tensors hold.
 using Palm.Inference.Cpu;
 using Palm.Inference.Cpu.Fast;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Backends;
 
-internal sealed class CpuBackend(PalmParameters parameters, string? reason = null) : IInferenceBackend
+internal sealed class CpuBackend(CpuWeights weights, string? reason = null) : IInferenceBackend
 {
-    private readonly FastCpuModel _model = new(parameters);
-    private readonly FastCpuDecoder _decoder = new(parameters);
+    private readonly FastCpuModel _model = new(weights);
+    private readonly FastCpuDecoder _decoder = new(weights);
+
+    /// <summary>Float32 weights (shared, not copied).</summary>
+    public CpuBackend(PalmParameters parameters, string? reason = null) : this(CpuWeights.From(parameters), reason) { }
 
     public BackendKind Kind => BackendKind.Cpu;
-    public string Description { get; } = "cpu (fast path, float32)" + (reason is null ? "" : $"; {reason}");
-    public PalmConfig Config => parameters.Config;
-    public long WeightBytes => parameters.Count * sizeof(float);
+    public string Description { get; } = $"cpu (fast path, {weights.StorageText})" + (reason is null ? "" : $"; {reason}");
+    public PalmConfig Config => weights.Config;
+    public long WeightBytes { get; } = weights.Bytes;
 
     public SequenceState CreateState() => new(Config);
 

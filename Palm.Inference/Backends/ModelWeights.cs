@@ -1,7 +1,7 @@
 // The weights a model is built from, as loaded: float32 PalmParameters, or a checkpoint whose
 // q8/q4 tensors stay quantized. Each backend takes them in the form it computes with, so a
-// quantized file reaches the Vulkan backend without a float copy; the CPU backend still asks for
-// float32 (ToParameters dequantizes) until its quantized kernels (Cpu/QuantizedMatVec) are wired.
+// quantized file reaches either backend without a float copy: the Vulkan backend uploads the
+// stored bytes (ToGpu), the CPU backend reads them in place (ToCpu, Cpu/QuantizedMatVec).
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
@@ -9,6 +9,7 @@ using System.Text.Json;
 using Palm.Gpu.Model;
 using Palm.Gpu.Vulkan;
 using Palm.Inference.Checkpoint;
+using Palm.Inference.Cpu;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Backends;
@@ -62,6 +63,20 @@ internal sealed class ModelWeights
             else f32.Add(e.Name, new GpuWeight(e.Rows, e.Cols, t.Data, Half: t.Storage == TensorDType.F16));
         }
         return (f32, quantized);
+    }
+
+    /// <summary>
+    /// The weights for the CPU backend: f32 tensors as their arrays and q8/q4 tensors as their
+    /// <see cref="Quantization.QuantizedTensor"/>s, all shared (not copied, never dequantized).
+    /// </summary>
+    public CpuWeights ToCpu()
+    {
+        if (_parameters is not null) return CpuWeights.From(_parameters);
+        return new CpuWeights(Config, e =>
+        {
+            var t = _byName![e.Name];
+            return t.Quantized is { } q ? new CpuMatrix(e.Name, e.Rows, e.Cols, q) : new CpuMatrix(e.Name, e.Rows, e.Cols, t.Data);
+        });
     }
 
     /// <summary>

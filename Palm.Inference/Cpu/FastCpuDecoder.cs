@@ -13,6 +13,13 @@
 // Because the partition is fixed and the partial sums are always added in the same order, one
 // thread running both parts produces bit-identical logits: batched steps (one sequence per pool
 // thread), a busy team and single-core machines all give the same text for the same seed.
+//
+// Weights are CpuWeights: each matrix float32 or q8/q4 as stored (CpuMatrix branches once per
+// product). The split points are multiples of head_dim or 16, not of the quantization group, so a
+// part's column slice may begin or end inside a group (q8 keeps one scale per row by default) or,
+// for q4, on the high nibble of a byte; QuantizedMatVec.MatVecCols sums each clipped group and
+// scales it once, in a fixed order, so the property above holds for quantized weights too
+// (FastCpuDecoderTwoCoreTests). A quantized embedding row is decoded into per-thread scratch.
 using System.Diagnostics;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
@@ -27,7 +34,7 @@ internal sealed class FastCpuDecoder : IDisposable
     private const int Parts = 2;
 
     private readonly PalmConfig _c;
-    private readonly PalmParameters _p;
+    private readonly CpuWeights _w;
     private readonly double[] _freq;
     private readonly ThreadLocal<Scratch> _scratch;
     // Part boundaries: heads, model channels, FFN channels and vocabulary rows (Parts + 1 each).
@@ -42,10 +49,14 @@ internal sealed class FastCpuDecoder : IDisposable
     /// <param name="parameters">The weights (read, never written).</param>
     /// <param name="threads">1 keeps every step on the caller's thread; 2 lets batch-1 steps use a
     /// second core when the machine has one. Null: 2 unless <c>PALM_CPU_DECODE_THREADS=1</c>.</param>
-    public FastCpuDecoder(PalmParameters parameters, int? threads = null)
+    public FastCpuDecoder(PalmParameters parameters, int? threads = null) : this(CpuWeights.From(parameters), threads) { }
+
+    /// <param name="weights">The weights, each matrix float32 or q8/q4 (read, never written).</param>
+    /// <param name="threads">As for the <see cref="PalmParameters"/> overload.</param>
+    public FastCpuDecoder(CpuWeights weights, int? threads = null)
     {
-        _p = parameters;
-        _c = parameters.Config;
+        _w = weights;
+        _c = weights.Config;
         _freq = CpuOps.RopeFrequencies(_c.HeadDim);
         _scratch = new ThreadLocal<Scratch>(() => new Scratch(_c));
         _heads = Split(_c.NHead, 1);
@@ -83,6 +94,8 @@ internal sealed class FastCpuDecoder : IDisposable
     {
         // Private to one thread: only the ranges of the parts that thread runs are written/read.
         public readonly float[] H = new float[c.NEmbd], Xf = new float[c.NEmbd], E = new float[c.NEmbd];
+        // A quantized embedding row, decoded (r or C floats).
+        public readonly float[] Er = new float[Math.Max(c.NEmbd, c.DRank)];
         public readonly float[] U = new float[Math.Max(1, c.DRank)], U2 = new float[Math.Max(1, Math.Max(c.DRank, 2 * c.NEmbd))];
         public readonly float[] Uf = new float[Math.Max(1, c.DRank)], Ud = new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))];
         public readonly float[] Qkv = new float[3 * c.DQkv], G = new float[c.DQkv], Y = new float[c.DQkv];
@@ -205,9 +218,8 @@ internal sealed class FastCpuDecoder : IDisposable
         }
 
         // Embedding (+ projection) and the input norm; each part writes its channels of X.
-        var E = _p.Embed;
-        ReadOnlySpan<float> e = E.Data.AsSpan(job.Token * E.Cols, E.Cols);
-        if (_p.EmbedProj is { } proj) { MatVec(proj.Data, C, E.Cols, e, s.E); e = s.E; }
+        ReadOnlySpan<float> e = _w.Embed.Row(job.Token, s.Er);
+        if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
         float inv = RmsScale(e);
         for (int part = p0; part < p1; part++)
         {
@@ -218,21 +230,21 @@ internal sealed class FastCpuDecoder : IDisposable
 
         for (int app = 0; app < c.Applications; app++)
         {
-            var bp = _p.Blocks[c.BlockOfApplication(app)];
+            var bp = _w.Blocks[c.BlockOfApplication(app)];
             // Phase A: every part reads the whole residual stream; it is written only in phase B.
             TensorPrimitives.Multiply(sh.X, RmsScale(sh.X), s.H);
             var qkvIn = s.H.AsSpan();
             if (bp.Qkv.Factorized)
             {
                 var u = s.U.AsSpan(0, bp.Qkv.W1!.Rows);
-                MatVec(bp.Qkv.W1.Data, u.Length, C, s.H, u);
+                bp.Qkv.W1.MatVec(s.H, u);
                 TensorPrimitives.Max(u, 0f, u);
                 TensorPrimitives.Multiply(u, u, u);
                 qkvIn = u;
             }
             var wQkv = bp.Qkv.Factorized ? bp.Qkv.W2! : bp.Qkv.W!;
             bool ffn = bp.Up is not null;
-            if (ffn && bp.Up!.Factorized) MatVec(bp.Up.W1!.Data, bp.Up.W1.Rows, C, s.H, s.Uf.AsSpan(0, bp.Up.W1.Rows));
+            if (ffn && bp.Up!.Factorized) bp.Up.W1!.MatVec(s.H, s.Uf.AsSpan(0, bp.Up.W1.Rows));
             for (int part = p0; part < p1; part++)
             {
                 int j0 = _heads[part] * hd, j1 = _heads[part + 1] * hd, w = j1 - j0;
@@ -240,7 +252,7 @@ internal sealed class FastCpuDecoder : IDisposable
                 if (w > 0) AodPart(s, state, app, b, j0, w, qkvIn, wQkv);
                 // Projection input is split by heads: this part's partial sum over its columns.
                 var wp = bp.Proj.Factorized ? bp.Proj.W1! : bp.Proj.W!;
-                MatVecCols(wp, j0, w, s.Y.AsSpan(j0, w), sh.P[part].AsSpan(0, wp.Rows));
+                wp.MatVecCols(j0, w, s.Y.AsSpan(j0, w), sh.P[part].AsSpan(0, wp.Rows));
                 if (ffn)
                 {
                     int F = c.DFfn, f0 = _ffn[part], f1 = _ffn[part + 1], fw = f1 - f0;
@@ -248,8 +260,8 @@ internal sealed class FastCpuDecoder : IDisposable
                     {
                         var wUp = bp.Up!.Factorized ? bp.Up.W2! : bp.Up.W!;
                         ReadOnlySpan<float> upIn = bp.Up.Factorized ? s.Uf.AsSpan(0, bp.Up.W1!.Rows) : s.H;
-                        MatVecRows(wUp, f0, fw, upIn, s.M.AsSpan(f0, fw));
-                        MatVecRows(wUp, F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
+                        wUp.MatVecRows(f0, fw, upIn, s.M.AsSpan(f0, fw));
+                        wUp.MatVecRows(F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
                         var tmp = s.Tmp.AsSpan(f0, fw);
                         var gate = s.M.AsSpan(F + f0, fw);
                         TensorPrimitives.Sigmoid(gate, tmp);
@@ -257,7 +269,7 @@ internal sealed class FastCpuDecoder : IDisposable
                         TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
                     }
                     var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
-                    MatVecCols(wd, f0, fw, s.Z.AsSpan(f0, fw), sh.P2[part].AsSpan(0, wd.Rows));
+                    wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), sh.P2[part].AsSpan(0, wd.Rows));
                 }
             }
             team?.Barrier(tid);
@@ -285,8 +297,8 @@ internal sealed class FastCpuDecoder : IDisposable
                 var gt = s.O.AsSpan(C + c0, cw);
                 if (bp.Proj.Factorized)
                 {
-                    MatVecRows(bp.Proj.W2!, c0, cw, projU, a);
-                    MatVecRows(bp.Proj.W2!, C + c0, cw, projU, gt);
+                    bp.Proj.W2!.MatVecRows(c0, cw, projU, a);
+                    bp.Proj.W2!.MatVecRows(C + c0, cw, projU, gt);
                 }
                 else
                 {
@@ -301,7 +313,7 @@ internal sealed class FastCpuDecoder : IDisposable
                 if (ffn)
                 {
                     var f = s.F.AsSpan(c0, cw);
-                    if (bp.Down!.Factorized) MatVecRows(bp.Down.W2!, c0, cw, downU, f);
+                    if (bp.Down!.Factorized) bp.Down.W2!.MatVecRows(c0, cw, downU, f);
                     else TensorPrimitives.Add(sh.P2[0].AsSpan(c0, cw), sh.P2[1].AsSpan(c0, cw), f);
                     TensorPrimitives.Add(x, f, x);
                 }
@@ -312,30 +324,30 @@ internal sealed class FastCpuDecoder : IDisposable
         // Final norm and unembedding: each part writes its vocabulary rows.
         TensorPrimitives.Multiply(sh.X, RmsScale(sh.X), s.Xf);
         ReadOnlySpan<float> unIn = s.Xf;
-        var un = _p.Unembed;
+        var un = _w.Unembed;
         if (un.Factorized)
         {
             var u = s.U.AsSpan(0, un.W1!.Rows);
-            MatVec(un.W1.Data, u.Length, C, s.Xf, u);
+            un.W1.MatVec(s.Xf, u);
             unIn = u;
         }
         var wUn = un.Factorized ? un.W2! : un.W!;
         for (int part = p0; part < p1; part++)
         {
             int v0 = _vocab[part], v1 = _vocab[part + 1];
-            MatVecRows(wUn, v0, v1 - v0, unIn, new Span<float>(job.Logits + v0, v1 - v0));
+            wUn.MatVecRows(v0, v1 - v0, unIn, new Span<float>(job.Logits + v0, v1 - v0));
         }
         // The caller returns (and may reuse the logits and state) only after both parts are done.
         team?.Barrier(tid);
     }
 
     // q, k, v rows of heads [j0, j0 + w) / hd, then QK-norm, RoPE, gate, state update and mix.
-    private void AodPart(Scratch s, AodStateSet state, int app, int b, int j0, int w, ReadOnlySpan<float> qkvIn, ParamTensor wQkv)
+    private void AodPart(Scratch s, AodStateSet state, int app, int b, int j0, int w, ReadOnlySpan<float> qkvIn, CpuMatrix wQkv)
     {
         int D = _c.DQkv, hd = _c.HeadDim;
         bool mean = _c.Mix == AodMix.Mean;
         for (int seg = 0; seg < 3; seg++)
-            MatVecRows(wQkv, seg * D + j0, w, qkvIn, s.Qkv.AsSpan(seg * D + j0, w));
+            wQkv.MatVecRows(seg * D + j0, w, qkvIn, s.Qkv.AsSpan(seg * D + j0, w));
         for (int hh = j0 / hd; hh < (j0 + w) / hd; hh++)
         {
             var qh = s.Qkv.AsSpan(hh * hd, hd);
@@ -369,85 +381,6 @@ internal sealed class FastCpuDecoder : IDisposable
         double ss = 0;
         for (int i = 0; i < x.Length; i += 64) ss += TensorPrimitives.SumOfSquares(x.Slice(i, Math.Min(64, x.Length - i)));
         return (float)(1.0 / Math.Sqrt(ss / x.Length + CpuOps.RmsEps));
-    }
-
-    // y = rows [row0, row0 + y.Length) of W times x.
-    private static unsafe void MatVecRows(ParamTensor w, int row0, int n, ReadOnlySpan<float> x, Span<float> y)
-    {
-        if (n == 0) return;
-        Debug.Assert(x.Length == w.Cols && row0 + n <= w.Rows);
-        fixed (float* pw = w.Data) fixed (float* px = x) fixed (float* py = y)
-            MatVec(pw + (long)row0 * w.Cols, w.Cols, n, w.Cols, px, py);
-    }
-
-    // y (Rows) = W[:, col0 .. col0 + x.Length) times x: a partial sum over a slice of the input.
-    private static unsafe void MatVecCols(ParamTensor w, int col0, int k, ReadOnlySpan<float> x, Span<float> y)
-    {
-        if (k == 0) { y.Clear(); return; }
-        Debug.Assert(x.Length == k && col0 + k <= w.Cols && y.Length == w.Rows);
-        fixed (float* pw = w.Data) fixed (float* px = x) fixed (float* py = y)
-            MatVec(pw + col0, w.Cols, w.Rows, k, px, py);
-    }
-
-    /// <summary>y (n) = W (n, k) · x (k), W row-major with rows of k floats.</summary>
-    internal static unsafe void MatVec(float[] w, int n, int k, ReadOnlySpan<float> x, Span<float> y)
-    {
-        if (w.Length < (long)n * k || x.Length < k || y.Length < n) throw new ArgumentException("matrix-vector shapes do not match");
-        fixed (float* pw = w) fixed (float* px = x) fixed (float* py = y)
-            MatVec(pw, k, n, k, px, py);
-    }
-
-    /// <summary>
-    /// y (n) = W · x (k) where row i of W starts at w + i * ld: four rows per pass share each
-    /// load of x (16 lanes where AVX-512 runs, else 8). Each row's sum is formed the same way
-    /// whatever n is, up to which rows fall in the last n % 4.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static unsafe void MatVec(float* pw, long ld, int n, int k, float* px, float* py)
-    {
-        int i = 0;
-        if (Avx512F.IsSupported && k % 16 == 0) i = MatVec16Rows(pw, ld, n, k, px, py);
-        if (Vector512.IsHardwareAccelerated && k >= 16)
-        {
-            int k16 = k & ~15;
-            for (; i + 4 <= n; i += 4)
-            {
-                float* r0 = pw + i * ld, r1 = r0 + ld, r2 = r1 + ld, r3 = r2 + ld;
-                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (int p = 0; p < k16; p += 16)
-                {
-                    var xv = Vector512.Load(px + p);
-                    a0 = Vector512.FusedMultiplyAdd(Vector512.Load(r0 + p), xv, a0);
-                    a1 = Vector512.FusedMultiplyAdd(Vector512.Load(r1 + p), xv, a1);
-                    a2 = Vector512.FusedMultiplyAdd(Vector512.Load(r2 + p), xv, a2);
-                    a3 = Vector512.FusedMultiplyAdd(Vector512.Load(r3 + p), xv, a3);
-                }
-                float s0 = Vector512.Sum(a0), s1 = Vector512.Sum(a1), s2 = Vector512.Sum(a2), s3 = Vector512.Sum(a3);
-                for (int p = k16; p < k; p++) { float xp = px[p]; s0 += r0[p] * xp; s1 += r1[p] * xp; s2 += r2[p] * xp; s3 += r3[p] * xp; }
-                py[i] = s0; py[i + 1] = s1; py[i + 2] = s2; py[i + 3] = s3;
-            }
-        }
-        else if (Vector256.IsHardwareAccelerated && k >= 8)
-        {
-            int k8 = k & ~7;
-            for (; i + 4 <= n; i += 4)
-            {
-                float* r0 = pw + i * ld, r1 = r0 + ld, r2 = r1 + ld, r3 = r2 + ld;
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (int p = 0; p < k8; p += 8)
-                {
-                    var xv = Vector256.Load(px + p);
-                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(r0 + p), xv, a0);
-                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(r1 + p), xv, a1);
-                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(r2 + p), xv, a2);
-                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(r3 + p), xv, a3);
-                }
-                float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-                for (int p = k8; p < k; p++) { float xp = px[p]; s0 += r0[p] * xp; s1 += r1[p] * xp; s2 += r2[p] * xp; s3 += r3[p] * xp; }
-                py[i] = s0; py[i + 1] = s1; py[i + 2] = s2; py[i + 3] = s3;
-            }
-        }
-        for (; i < n; i++) py[i] = TensorPrimitives.Dot(new ReadOnlySpan<float>(pw + i * ld, k), new ReadOnlySpan<float>(px, k));
     }
 
     /// <summary>
@@ -490,67 +423,6 @@ internal sealed class FastCpuDecoder : IDisposable
             else _gap = Math.Min(2 * _gap, MaxGap);
             _nextProbe = _steps + _gap;
         }
-    }
-
-    /// <summary>
-    /// Sixteen rows per pass (k a multiple of 16, AVX-512): sixteen accumulators, then one
-    /// transposing reduction (15 shuffle-add pairs) instead of sixteen horizontal sums, which
-    /// dominate short rows (k = 64 for the factorized linears' second factors). Returns the rows done.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static unsafe int MatVec16Rows(float* pw, long ld, int n, int k, float* px, float* py)
-    {
-        int i = 0;
-        for (; i + 16 <= n; i += 16)
-        {
-            // Accumulator s holds row 4*(s%4) + s/4: the reduction below transposes 4x4 blocks,
-            // so feeding rows in that order makes its result come out in natural row order.
-            float* b = pw + i * ld;
-            float* r0 = b, r1 = b + ld, r2 = b + 2 * ld, r3 = b + 3 * ld;
-            float* r4 = b + 4 * ld, r5 = b + 5 * ld, r6 = b + 6 * ld, r7 = b + 7 * ld;
-            float* r8 = b + 8 * ld, r9 = b + 9 * ld, r10 = b + 10 * ld, r11 = b + 11 * ld;
-            float* r12 = b + 12 * ld, r13 = b + 13 * ld, r14 = b + 14 * ld, r15 = b + 15 * ld;
-            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
-            Vector512<float> a8 = default, a9 = default, a10 = default, a11 = default, a12 = default, a13 = default, a14 = default, a15 = default;
-            for (int p = 0; p < k; p += 16)
-            {
-                var xv = Vector512.Load(px + p);
-                a0 = Avx512F.FusedMultiplyAdd(Vector512.Load(r0 + p), xv, a0);
-                a1 = Avx512F.FusedMultiplyAdd(Vector512.Load(r4 + p), xv, a1);
-                a2 = Avx512F.FusedMultiplyAdd(Vector512.Load(r8 + p), xv, a2);
-                a3 = Avx512F.FusedMultiplyAdd(Vector512.Load(r12 + p), xv, a3);
-                a4 = Avx512F.FusedMultiplyAdd(Vector512.Load(r1 + p), xv, a4);
-                a5 = Avx512F.FusedMultiplyAdd(Vector512.Load(r5 + p), xv, a5);
-                a6 = Avx512F.FusedMultiplyAdd(Vector512.Load(r9 + p), xv, a6);
-                a7 = Avx512F.FusedMultiplyAdd(Vector512.Load(r13 + p), xv, a7);
-                a8 = Avx512F.FusedMultiplyAdd(Vector512.Load(r2 + p), xv, a8);
-                a9 = Avx512F.FusedMultiplyAdd(Vector512.Load(r6 + p), xv, a9);
-                a10 = Avx512F.FusedMultiplyAdd(Vector512.Load(r10 + p), xv, a10);
-                a11 = Avx512F.FusedMultiplyAdd(Vector512.Load(r14 + p), xv, a11);
-                a12 = Avx512F.FusedMultiplyAdd(Vector512.Load(r3 + p), xv, a12);
-                a13 = Avx512F.FusedMultiplyAdd(Vector512.Load(r7 + p), xv, a13);
-                a14 = Avx512F.FusedMultiplyAdd(Vector512.Load(r11 + p), xv, a14);
-                a15 = Avx512F.FusedMultiplyAdd(Vector512.Load(r15 + p), xv, a15);
-            }
-            // 256-bit halves: [a.q0+a.q2, a.q1+a.q3, b.q0+b.q2, b.q1+b.q3] (q = 128-bit quarter).
-            var s01 = Half256(a0, a1); var s23 = Half256(a2, a3); var s45 = Half256(a4, a5); var s67 = Half256(a6, a7);
-            var s89 = Half256(a8, a9); var sAB = Half256(a10, a11); var sCD = Half256(a12, a13); var sEF = Half256(a14, a15);
-            // 128-bit quarters: quarter j of t holds accumulator (4 group + j)'s four partials.
-            var t0 = Quarter128(s01, s23); var t1 = Quarter128(s45, s67); var t2 = Quarter128(s89, sAB); var t3 = Quarter128(sCD, sEF);
-            // Within quarters: quarter j = [acc j, acc 4+j, acc 8+j, acc 12+j] totals = rows 4j..4j+3.
-            var u0 = Pairs(t0, t1);
-            var u1 = Pairs(t2, t3);
-            var v = Avx512F.Add(Avx512F.Shuffle(u0, u1, 0x88), Avx512F.Shuffle(u0, u1, 0xDD));
-            v.Store(py + i);
-        }
-        return i;
-
-        static Vector512<float> Half256(Vector512<float> a, Vector512<float> b) =>
-            Avx512F.Add(Avx512F.Shuffle4x128(a, b, 0x44), Avx512F.Shuffle4x128(a, b, 0xEE));
-        static Vector512<float> Quarter128(Vector512<float> a, Vector512<float> b) =>
-            Avx512F.Add(Avx512F.Shuffle4x128(a, b, 0x88), Avx512F.Shuffle4x128(a, b, 0xDD));
-        static Vector512<float> Pairs(Vector512<float> a, Vector512<float> b) =>
-            Avx512F.Add(Avx512F.Shuffle(a, b, 0x44), Avx512F.Shuffle(a, b, 0xEE));
     }
 
     /// <summary>Stops the second-core worker (if one started). Steps after this throw.</summary>

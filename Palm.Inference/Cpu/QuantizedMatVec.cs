@@ -12,11 +12,17 @@
 // data, i.e. byte (p + j) >> 1 of the segment's first byte with shift 4 * ((p + j) & 1). One byte
 // shuffle + one variable shift per step covers both parities.
 //
+// MatVecRows and MatVecCols are the same products over a range of W's rows or a slice of its
+// columns (the two-core decoder's fixed parts); a column slice may cut a group, and q4 slices may
+// start on a high nibble: the loops run over segments (a group clipped to the slice), each scaled
+// once, in a fixed order.
+//
 // MatMul (prefill, y = x Wᵀ for many rows): dequantizes a block of W's rows at a time into
 // per-thread scratch and hands it to the packed Gemm; the whole matrix never exists as floats.
 //
 // Kernels are chosen at run time (AVX-512, AVX2+FMA, scalar); an explicit choice is accepted so
 // tests run each one the machine supports. Nothing allocates in MatVec.
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -63,6 +69,58 @@ internal static unsafe class QuantizedMatVec
         CheckShape(w, n, k);
         if (x.Length != k || y.Length != n)
             throw new ArgumentException($"x holds {x.Length} (expected k = {k}), y {y.Length} (expected n = {n})");
+        Product(isa, w, k, 0, n, 0, k, x, y);
+    }
+
+    /// <summary>y (rows) = W[row0 .. row0 + rows, :] · x (k), W (n, k) quantized: a range of output rows
+    /// (the decoder's per-part vocabulary or channel rows). Each row's sum is formed exactly as
+    /// <see cref="MatVec(QuantizedTensor, int, int, ReadOnlySpan{float}, Span{float})"/> forms it, up
+    /// to which rows share a four-row pass. Allocates nothing.</summary>
+    /// <exception cref="ArgumentException">Sizes that disagree with the tensor or the spans.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The row range leaves [0, n).</exception>
+    public static void MatVecRows(QuantizedTensor w, int n, int k, int row0, int rows, ReadOnlySpan<float> x, Span<float> y) =>
+        MatVecRows(Best, w, n, k, row0, rows, x, y);
+
+    /// <summary>As <see cref="MatVecRows(QuantizedTensor, int, int, int, int, ReadOnlySpan{float}, Span{float})"/> with an explicit kernel family.</summary>
+    public static void MatVecRows(QuantIsa isa, QuantizedTensor w, int n, int k, int row0, int rows, ReadOnlySpan<float> x, Span<float> y)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        CheckShape(w, n, k);
+        if (row0 < 0 || rows < 0 || (long)row0 + rows > n) throw new ArgumentOutOfRangeException(nameof(rows), $"rows [{row0}, {(long)row0 + rows}) outside [0, {n})");
+        if (x.Length != k || y.Length != rows)
+            throw new ArgumentException($"x holds {x.Length} (expected k = {k}), y {y.Length} (expected rows = {rows})");
+        if (rows == 0) return;
+        Product(isa, w, k, row0, rows, 0, k, x, y);
+    }
+
+    /// <summary>
+    /// y (n) = W[:, col0 .. col0 + cols) · x (cols), W (n, k) quantized: a partial sum over a slice of
+    /// the input (the decoder's per-part heads or FFN channels). The slice may start and end inside
+    /// a group and, for q4, on the high nibble of a byte: per group it covers, the levels in the slice
+    /// times x are summed and multiplied by that group's scale once, always in the same order, so a
+    /// given (col0, cols) gives the same bits on any thread. <paramref name="cols"/> = 0 writes zeros.
+    /// </summary>
+    /// <exception cref="ArgumentException">Sizes that disagree with the tensor or the spans.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The column range leaves [0, k).</exception>
+    public static void MatVecCols(QuantizedTensor w, int n, int k, int col0, int cols, ReadOnlySpan<float> x, Span<float> y) =>
+        MatVecCols(Best, w, n, k, col0, cols, x, y);
+
+    /// <summary>As <see cref="MatVecCols(QuantizedTensor, int, int, int, int, ReadOnlySpan{float}, Span{float})"/> with an explicit kernel family.</summary>
+    public static void MatVecCols(QuantIsa isa, QuantizedTensor w, int n, int k, int col0, int cols, ReadOnlySpan<float> x, Span<float> y)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        CheckShape(w, n, k);
+        if (col0 < 0 || cols < 0 || (long)col0 + cols > k) throw new ArgumentOutOfRangeException(nameof(cols), $"columns [{col0}, {(long)col0 + cols}) outside [0, {k})");
+        if (x.Length != cols || y.Length != n)
+            throw new ArgumentException($"x holds {x.Length} (expected cols = {cols}), y {y.Length} (expected n = {n})");
+        if (cols == 0) { y.Clear(); return; }
+        Product(isa, w, k, 0, n, col0, col0 + cols, x, y);
+    }
+
+    // y[i] = Σ_{j in [c0, c1)} W[row0 + i, j] x[j - c0] for i in [0, rows): the one body of every
+    // matrix-vector entry point (arguments already checked).
+    private static void Product(QuantIsa isa, QuantizedTensor w, int k, int row0, int rows, int c0, int c1, ReadOnlySpan<float> x, Span<float> y)
+    {
         isa = Usable(isa);
         var data = w.Data.Span;
         var scales = w.Scales.Span;
@@ -70,9 +128,11 @@ internal static unsafe class QuantizedMatVec
         {
             var m = new Matrix(w.DType, pd, data.Length, ps, w.GroupSize, k);
             int i = 0;
-            if (isa == QuantIsa.Avx512 && w.GroupSize % 16 == 0) i = Rows4x512(m, n, px, py);
-            else if (isa == QuantIsa.Avx2 && w.GroupSize % 8 == 0) i = Rows4x256(m, n, px, py);
-            for (; i < n; i++) py[i] = RowDot(isa, m, i, px);
+            // The four-row passes need every segment (a group clipped to [c0, c1)) to be whole vector
+            // steps, which for q4 also puts every segment on a byte boundary.
+            if (isa == QuantIsa.Avx512 && w.GroupSize % 16 == 0 && c0 % 16 == 0 && c1 % 16 == 0) i = Rows4x512(m, row0, rows, c0, c1, px, py);
+            else if (isa == QuantIsa.Avx2 && w.GroupSize % 8 == 0 && c0 % 8 == 0 && c1 % 8 == 0) i = Rows4x256(m, row0, rows, c0, c1, px, py);
+            for (; i < rows; i++) py[i] = RowDot(isa, m, row0 + i, c0, c1, px);
         }
     }
 
@@ -90,17 +150,26 @@ internal static unsafe class QuantizedMatVec
     public static int DefaultRowsPerBlock(int k) => Math.Max(32, 16384 / Math.Max(k, 1) / 32 * 32);
 
     /// <summary>As <see cref="MatMul(QuantizedTensor, ReadOnlySpan{float}, int, int, int, Span{float}, bool)"/> with an
-    /// explicit kernel family and block size (0: <see cref="DefaultRowsPerBlock"/>); tests use small blocks.</summary>
-    public static void MatMul(QuantIsa isa, QuantizedTensor w, ReadOnlySpan<float> x, int m, int n, int k, Span<float> y, bool parallel, int rowsPerBlock)
+    /// explicit kernel family and block size (0: <see cref="DefaultRowsPerBlock"/>; tests use small blocks);
+    /// <paramref name="accumulate"/> adds the product onto y (y += x Wᵀ: the FFN down linear onto the residual).</summary>
+    public static void MatMul(QuantIsa isa, QuantizedTensor w, ReadOnlySpan<float> x, int m, int n, int k, Span<float> y, bool parallel, int rowsPerBlock, bool accumulate = false)
     {
         ArgumentNullException.ThrowIfNull(w);
         CheckShape(w, n, k);
         if (m <= 0 || (long)x.Length != (long)m * k || (long)y.Length != (long)m * n)
             throw new ArgumentException($"x holds {x.Length} (expected m*k = {(long)m * k}), y {y.Length} (expected m*n = {(long)m * n}) for m = {m}");
         if (rowsPerBlock < 0) throw new ArgumentOutOfRangeException(nameof(rowsPerBlock), rowsPerBlock, "must be >= 0");
-        if (m == 1)
+        if (m == 1 && !accumulate)
         {
             MatVec(isa, w, n, k, x, y);
+            return;
+        }
+        if (m == 1)
+        {
+            // The product into this thread's scratch, then added: still no allocation.
+            var t = new Span<float>(Scratch.Current.C(n), n);
+            MatVec(isa, w, n, k, x, t);
+            TensorPrimitives.Add(y, t, y);
             return;
         }
         isa = Usable(isa);
@@ -113,7 +182,7 @@ internal static unsafe class QuantizedMatVec
             var job = new BlockJob
             {
                 Isa = isa, W = new Matrix(w.DType, pd, data.Length, ps, w.GroupSize, k),
-                X = px, Y = py, M = m, N = n, K = k, Nb = nb,
+                X = px, Y = py, M = m, N = n, K = k, Nb = nb, Accumulate = accumulate,
             };
             // A worker per block when there is enough work to pay for the hand-off (Gemm's own threshold).
             if (parallel && blocks > 1 && Environment.ProcessorCount > 1 && (long)m * n * k >= 1L << 19)
@@ -222,30 +291,32 @@ internal static unsafe class QuantizedMatVec
         return Avx.ConvertToVector256Single(nib.AsInt32() - Vector256.Create(8));
     }
 
-    // Four rows at a time when every group is whole vector steps (G % 16 == 0; for q4 this also
-    // makes every row and group start on a byte): x is loaded once for four rows, and the four
-    // accumulator chains are independent, which short rows (k = 64: four steps) need to keep the
-    // FMA units busy. Returns the first row left for the single-row path (the last ones when a
-    // q4 step would read past the data).
-    private static int Rows4x512(in Matrix w, int n, float* x, float* y)
+    // Four rows at a time when every segment (a group clipped to the columns [c0, c1)) is whole
+    // vector steps (G, c0 and c1 multiples of 16; for q4 this also makes every segment start on a
+    // byte): x is loaded once for four rows, and the four accumulator chains are independent, which
+    // short rows (k = 64: four steps) need to keep the FMA units busy. Rows row0 + i for i in
+    // [0, n), x indexed from c0. Returns the first i left for the single-row path (the last rows
+    // when a q4 step would read past the data). With [c0, c1) = [0, K) the segments are the groups.
+    private static int Rows4x512(in Matrix w, int row0, int n, int c0, int c1, float* x, float* y)
     {
-        int G = w.G, K = w.K, groups = K / G, gpr = groups;
+        int G = w.G, K = w.K, gpr = K / G;
         int i = 0;
         for (; i + 4 <= n; i += 4)
         {
-            long e0 = (long)i * K;
+            long r = row0 + i, e0 = r * K;
             if (!w.Q8 && (e0 + 4L * K) / 2 + 8 > w.DataBytes) break;
             var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
             float* s0 = null; ushort* h0 = null;
-            if (w.Q8) s0 = (float*)w.Scales + (long)i * gpr; else h0 = (ushort*)w.Scales + (long)i * gpr;
-            for (int gk = 0; gk < groups; gk++)
+            if (w.Q8) s0 = (float*)w.Scales + r * gpr; else h0 = (ushort*)w.Scales + r * gpr;
+            for (int a = c0; a < c1;)
             {
+                int gk = a / G, len = Math.Min((gk + 1) * G, c1) - a;
                 var g0 = Vector512<float>.Zero; var g1 = g0; var g2 = g0; var g3 = g0;
-                float* xg = x + gk * G;
+                float* xg = x + (a - c0);
                 if (w.Q8)
                 {
-                    byte* p = w.Data + e0 + (long)gk * G;
-                    for (int j = 0; j < G; j += 16)
+                    byte* p = w.Data + e0 + a;
+                    for (int j = 0; j < len; j += 16)
                     {
                         var xv = Vector512.Load(xg + j);
                         g0 = Vector512.FusedMultiplyAdd(Q8x16(p + j), xv, g0);
@@ -260,9 +331,9 @@ internal static unsafe class QuantizedMatVec
                 }
                 else
                 {
-                    byte* p = w.Data + (e0 + (long)gk * G) / 2;
+                    byte* p = w.Data + (e0 + a) / 2;
                     int rb = K / 2;   // bytes per row (K is even here)
-                    for (int j = 0; j < G; j += 16)
+                    for (int j = 0; j < len; j += 16)
                     {
                         var xv = Vector512.Load(xg + j);
                         g0 = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, s_nibbleBytesEven, s_shift512Even), xv, g0);
@@ -275,32 +346,34 @@ internal static unsafe class QuantizedMatVec
                     a2 = Vector512.FusedMultiplyAdd(g2, Vector512.Create(HalfToSingle(h0[2 * gpr + gk])), a2);
                     a3 = Vector512.FusedMultiplyAdd(g3, Vector512.Create(HalfToSingle(h0[3 * gpr + gk])), a3);
                 }
+                a += len;
             }
             y[i] = Vector512.Sum(a0); y[i + 1] = Vector512.Sum(a1); y[i + 2] = Vector512.Sum(a2); y[i + 3] = Vector512.Sum(a3);
         }
         return i;
     }
 
-    // Rows4x512 with 8-wide steps (G % 8 == 0).
-    private static int Rows4x256(in Matrix w, int n, float* x, float* y)
+    // Rows4x512 with 8-wide steps (G, c0 and c1 multiples of 8).
+    private static int Rows4x256(in Matrix w, int row0, int n, int c0, int c1, float* x, float* y)
     {
-        int G = w.G, K = w.K, groups = K / G, gpr = groups;
+        int G = w.G, K = w.K, gpr = K / G;
         int i = 0;
         for (; i + 4 <= n; i += 4)
         {
-            long e0 = (long)i * K;
+            long r = row0 + i, e0 = r * K;
             if (!w.Q8 && (e0 + 4L * K) / 2 + 4 > w.DataBytes) break;
             var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
             float* s0 = null; ushort* h0 = null;
-            if (w.Q8) s0 = (float*)w.Scales + (long)i * gpr; else h0 = (ushort*)w.Scales + (long)i * gpr;
-            for (int gk = 0; gk < groups; gk++)
+            if (w.Q8) s0 = (float*)w.Scales + r * gpr; else h0 = (ushort*)w.Scales + r * gpr;
+            for (int a = c0; a < c1;)
             {
+                int gk = a / G, len = Math.Min((gk + 1) * G, c1) - a;
                 var g0 = Vector256<float>.Zero; var g1 = g0; var g2 = g0; var g3 = g0;
-                float* xg = x + gk * G;
+                float* xg = x + (a - c0);
                 if (w.Q8)
                 {
-                    byte* p = w.Data + e0 + (long)gk * G;
-                    for (int j = 0; j < G; j += 8)
+                    byte* p = w.Data + e0 + a;
+                    for (int j = 0; j < len; j += 8)
                     {
                         var xv = Vector256.Load(xg + j);
                         g0 = Fma.MultiplyAdd(Q8x8(p + j), xv, g0);
@@ -315,9 +388,9 @@ internal static unsafe class QuantizedMatVec
                 }
                 else
                 {
-                    byte* p = w.Data + (e0 + (long)gk * G) / 2;
+                    byte* p = w.Data + (e0 + a) / 2;
                     int rb = K / 2;
-                    for (int j = 0; j < G; j += 8)
+                    for (int j = 0; j < len; j += 8)
                     {
                         var xv = Vector256.Load(xg + j);
                         g0 = Fma.MultiplyAdd(Q4x8(p + j / 2, s_nibbleBytesEven, s_shift256Even), xv, g0);
@@ -330,32 +403,36 @@ internal static unsafe class QuantizedMatVec
                     a2 = Fma.MultiplyAdd(g2, Vector256.Create(HalfToSingle(h0[2 * gpr + gk])), a2);
                     a3 = Fma.MultiplyAdd(g3, Vector256.Create(HalfToSingle(h0[3 * gpr + gk])), a3);
                 }
+                a += len;
             }
             y[i] = Vector256.Sum(a0); y[i + 1] = Vector256.Sum(a1); y[i + 2] = Vector256.Sum(a2); y[i + 3] = Vector256.Sum(a3);
         }
         return i;
     }
 
-    // Σ_j W[row, j] x[j].
+    // Σ_{j in [c0, c1)} W[row, j] x[j - c0], one segment (a group clipped to the range) at a time:
+    // the segment's levels times x are summed, then scaled once by its group's scale. A segment
+    // may start anywhere, including on a high nibble (q4).
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float RowDot(QuantIsa isa, in Matrix w, int row, float* x) => isa switch
+    private static float RowDot(QuantIsa isa, in Matrix w, int row, int c0, int c1, float* x) => isa switch
     {
-        QuantIsa.Avx512 => RowDot512(w, row, x),
-        QuantIsa.Avx2 => RowDot256(w, row, x),
-        _ => RowDotScalar(w, row, x),
+        QuantIsa.Avx512 => RowDot512(w, row, c0, c1, x),
+        QuantIsa.Avx2 => RowDot256(w, row, c0, c1, x),
+        _ => RowDotScalar(w, row, c0, c1, x),
     };
 
-    private static float RowDot512(in Matrix w, int row, float* x)
+    private static float RowDot512(in Matrix w, int row, int c0, int c1, float* x)
     {
-        int G = w.G, groups = w.K / G;
+        int G = w.G;
         long e0 = (long)row * w.K;             // flat index of the row's first element
         long g0 = e0 / G;                      // its first group
         var acc = Vector512<float>.Zero;
         float tail = 0;
-        for (int gk = 0; gk < groups; gk++)
+        for (int a = c0; a < c1;)
         {
-            long s = e0 + (long)gk * G;
-            float* xg = x + gk * G;
+            int gk = a / G, len = Math.Min((gk + 1) * G, c1) - a;
+            long s = e0 + a;
+            float* xg = x + (a - c0);
             var ga = Vector512<float>.Zero;
             var gb = Vector512<float>.Zero;
             int j = 0;
@@ -363,12 +440,12 @@ internal static unsafe class QuantizedMatVec
             {
                 byte* p = w.Data + s;
                 // Two accumulators: consecutive FMAs of one group do not wait on each other.
-                for (; j + 32 <= G; j += 32)
+                for (; j + 32 <= len; j += 32)
                 {
                     ga = Vector512.FusedMultiplyAdd(Q8x16(p + j), Vector512.Load(xg + j), ga);
                     gb = Vector512.FusedMultiplyAdd(Q8x16(p + j + 16), Vector512.Load(xg + j + 16), gb);
                 }
-                for (; j + 16 <= G; j += 16) ga = Vector512.FusedMultiplyAdd(Q8x16(p + j), Vector512.Load(xg + j), ga);
+                for (; j + 16 <= len; j += 16) ga = Vector512.FusedMultiplyAdd(Q8x16(p + j), Vector512.Load(xg + j), ga);
             }
             else
             {
@@ -378,45 +455,47 @@ internal static unsafe class QuantizedMatVec
                 byte* p = w.Data + (s >> 1);
                 // A step reads 16 bytes from p + j/2; near the end of the data the rest goes scalar.
                 long safe = w.DataBytes - 16 - (s >> 1);
-                for (; j + 32 <= G && j / 2 + 8 <= safe; j += 32)
+                for (; j + 32 <= len && j / 2 + 8 <= safe; j += 32)
                 {
                     ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, pick, shift), Vector512.Load(xg + j), ga);
                     gb = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2 + 8, pick, shift), Vector512.Load(xg + j + 16), gb);
                 }
-                for (; j + 16 <= G && j / 2 <= safe; j += 16) ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, pick, shift), Vector512.Load(xg + j), ga);
+                for (; j + 16 <= len && j / 2 <= safe; j += 16) ga = Vector512.FusedMultiplyAdd(Q4x16(p + j / 2, pick, shift), Vector512.Load(xg + j), ga);
             }
             float partial = 0;
-            for (; j < G; j++) partial += w.Level(s + j) * xg[j];
+            for (; j < len; j++) partial += w.Level(s + j) * xg[j];
             float scale = w.Scale(g0 + gk);
             acc = Vector512.FusedMultiplyAdd(ga + gb, Vector512.Create(scale), acc);
             tail += partial * scale;
+            a += len;
         }
         return Vector512.Sum(acc) + tail;
     }
 
-    private static float RowDot256(in Matrix w, int row, float* x)
+    private static float RowDot256(in Matrix w, int row, int c0, int c1, float* x)
     {
-        int G = w.G, groups = w.K / G;
+        int G = w.G;
         long e0 = (long)row * w.K;
         long g0 = e0 / G;
         var acc = Vector256<float>.Zero;
         float tail = 0;
-        for (int gk = 0; gk < groups; gk++)
+        for (int a = c0; a < c1;)
         {
-            long s = e0 + (long)gk * G;
-            float* xg = x + gk * G;
+            int gk = a / G, len = Math.Min((gk + 1) * G, c1) - a;
+            long s = e0 + a;
+            float* xg = x + (a - c0);
             var ga = Vector256<float>.Zero;
             var gb = Vector256<float>.Zero;
             int j = 0;
             if (w.Q8)
             {
                 byte* p = w.Data + s;
-                for (; j + 16 <= G; j += 16)
+                for (; j + 16 <= len; j += 16)
                 {
                     ga = Fma.MultiplyAdd(Q8x8(p + j), Vector256.Load(xg + j), ga);
                     gb = Fma.MultiplyAdd(Q8x8(p + j + 8), Vector256.Load(xg + j + 8), gb);
                 }
-                for (; j + 8 <= G; j += 8) ga = Fma.MultiplyAdd(Q8x8(p + j), Vector256.Load(xg + j), ga);
+                for (; j + 8 <= len; j += 8) ga = Fma.MultiplyAdd(Q8x8(p + j), Vector256.Load(xg + j), ga);
             }
             else
             {
@@ -426,35 +505,38 @@ internal static unsafe class QuantizedMatVec
                 byte* p = w.Data + (s >> 1);
                 // A step reads 8 bytes from p + j/2; near the end of the data the rest goes scalar.
                 long safe = w.DataBytes - 8 - (s >> 1);
-                for (; j + 16 <= G && j / 2 + 4 <= safe; j += 16)
+                for (; j + 16 <= len && j / 2 + 4 <= safe; j += 16)
                 {
                     ga = Fma.MultiplyAdd(Q4x8(p + j / 2, pick, shift), Vector256.Load(xg + j), ga);
                     gb = Fma.MultiplyAdd(Q4x8(p + j / 2 + 4, pick, shift), Vector256.Load(xg + j + 8), gb);
                 }
-                for (; j + 8 <= G && j / 2 <= safe; j += 8) ga = Fma.MultiplyAdd(Q4x8(p + j / 2, pick, shift), Vector256.Load(xg + j), ga);
+                for (; j + 8 <= len && j / 2 <= safe; j += 8) ga = Fma.MultiplyAdd(Q4x8(p + j / 2, pick, shift), Vector256.Load(xg + j), ga);
             }
             float partial = 0;
-            for (; j < G; j++) partial += w.Level(s + j) * xg[j];
+            for (; j < len; j++) partial += w.Level(s + j) * xg[j];
             float scale = w.Scale(g0 + gk);
             acc = Fma.MultiplyAdd(ga + gb, Vector256.Create(scale), acc);
             tail += partial * scale;
+            a += len;
         }
         return Vector256.Sum(acc) + tail;
     }
 
-    private static float RowDotScalar(in Matrix w, int row, float* x)
+    private static float RowDotScalar(in Matrix w, int row, int c0, int c1, float* x)
     {
-        int G = w.G, groups = w.K / G;
+        int G = w.G;
         long e0 = (long)row * w.K;
         long g0 = e0 / G;
         float acc = 0;
-        for (int gk = 0; gk < groups; gk++)
+        for (int a = c0; a < c1;)
         {
-            long s = e0 + (long)gk * G;
-            float* xg = x + gk * G;
+            int gk = a / G, len = Math.Min((gk + 1) * G, c1) - a;
+            long s = e0 + a;
+            float* xg = x + (a - c0);
             float partial = 0;
-            for (int j = 0; j < G; j++) partial += w.Level(s + j) * xg[j];
+            for (int j = 0; j < len; j++) partial += w.Level(s + j) * xg[j];
             acc += partial * w.Scale(g0 + gk);
+            a += len;
         }
         return acc;
     }
@@ -540,6 +622,7 @@ internal static unsafe class QuantizedMatVec
         public Matrix W;
         public float* X, Y;
         public int M, N, K, Nb;
+        public bool Accumulate;
 
         public void Run(int block)
         {
@@ -549,7 +632,12 @@ internal static unsafe class QuantizedMatVec
             for (int r = 0; r < nb; r++) DequantizeRow(Isa, W, n0 + r, wb + (long)r * k);
             Gemm.MatMulABt(X, wb, cb, M, nb, k, acc: false, parallel: false);
             for (int i = 0; i < M; i++)
-                new ReadOnlySpan<float>(cb + (long)i * nb, nb).CopyTo(new Span<float>(Y + (long)i * N + n0, nb));
+            {
+                var src = new ReadOnlySpan<float>(cb + (long)i * nb, nb);
+                var dst = new Span<float>(Y + (long)i * N + n0, nb);
+                if (Accumulate) TensorPrimitives.Add(dst, src, dst);
+                else src.CopyTo(dst);
+            }
         }
     }
 }

@@ -145,10 +145,10 @@ public static class ModelBench
             int uses = w.IsMuon ? c.NRecur : 1;
             var x = new float[w.Cols]; var yv = new float[w.Rows];
             x.AsSpan().Fill(0.01f);
-            for (int i = 0; i < 20; i++) FastCpuDecoder.MatVec(w.Data, w.Rows, w.Cols, x, yv);
+            for (int i = 0; i < 20; i++) FloatMatVec.MatVec(w.Data, w.Rows, w.Cols, x, yv);
             int reps = Math.Max(20, (int)(2e8 / Math.Max(1, (long)w.Rows * w.Cols)));
             sw.Restart();
-            for (int i = 0; i < reps; i++) FastCpuDecoder.MatVec(w.Data, w.Rows, w.Cols, x, yv);
+            for (int i = 0; i < reps; i++) FloatMatVec.MatVec(w.Data, w.Rows, w.Cols, x, yv);
             hotSeconds += uses * sw.Elapsed.TotalSeconds / reps;
         }
         Console.WriteLine($"                   the same matrix-vector products with hot weights: {hotSeconds * 1e6:F1} us/token ({2.0 * macs / hotSeconds / 1e9:F1} GFLOP/s, one core) vs {1e6 / tokensPerSecond:F1} us/token measured");

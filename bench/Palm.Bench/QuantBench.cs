@@ -11,16 +11,17 @@ namespace Palm.Bench;
 
 public static class QuantBench
 {
-    /// <summary>Usage: <c>quant [--backend cpu|vulkan] [--tokens 128] [--skip-model] [--skip-matvec]</c>.</summary>
+    /// <summary>Usage: <c>quant [--backend cpu|vulkan] [--tokens 128] [--reps 5] [--skip-model] [--skip-matvec]</c>.</summary>
     public static int Run(string[] args)
     {
-        var backend = Backend.Vulkan; int tokens = 128; bool model = true, matvec = true;
+        var backend = Backend.Vulkan; int tokens = 128, reps = 5; bool model = true, matvec = true;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
             {
                 case "--backend" when i + 1 < args.Length: backend = args[++i] == "cpu" ? Backend.Cpu : Backend.Vulkan; break;
                 case "--tokens" when i + 1 < args.Length: tokens = int.Parse(args[++i]); break;
+                case "--reps" when i + 1 < args.Length: reps = int.Parse(args[++i]); break;
                 case "--skip-model": model = false; break;
                 case "--skip-matvec": matvec = false; break;
                 default: Console.Error.WriteLine($"quant bench: unknown argument '{args[i]}'"); return 2;
@@ -28,7 +29,7 @@ public static class QuantBench
         }
         Console.WriteLine($"Palm.Bench quant: {Environment.ProcessorCount} cores, quantized kernel {QuantizedMatVec.Best}, load {File.ReadAllText("/proc/loadavg").Trim()}");
         if (matvec) MatVecs();
-        if (model) Models(backend, tokens).GetAwaiter().GetResult();
+        if (model) Models(backend, tokens, reps).GetAwaiter().GetResult();
         return 0;
     }
 
@@ -45,7 +46,7 @@ public static class QuantBench
             for (int i = 0; i < k; i++) x[i] = (float)(2 * rng.NextDouble() - 1);
             var y = new float[n];
             double flops = 2.0 * n * k;
-            Row(n, k, "f32 FastCpuDecoder.MatVec", flops / Seconds(() => FastCpuDecoder.MatVec(w, n, k, x, y)), 4L * n * k);
+            Row(n, k, "f32 FloatMatVec.MatVec", flops / Seconds(() => FloatMatVec.MatVec(w, n, k, x, y)), 4L * n * k);
             foreach (var (dtype, g) in new[] { (TensorDType.Q8, k), (TensorDType.Q4, 32) })
             {
                 var q = QuantizedTensor.Quantize(w, dtype, g);
@@ -86,15 +87,16 @@ public static class QuantBench
         return best;
     }
 
-    private static async Task Models(Backend backend, int tokens)
+    private static async Task Models(Backend backend, int tokens, int reps)
     {
         string builtin = Path.Combine(AppContext.BaseDirectory, "models", "palm-kjv.palm");
         var ck = PalmCheckpoint.Load(builtin);
         string dir = Path.Combine(Path.GetTempPath(), $"palm-bench-quant-{Environment.ProcessId}");
         Directory.CreateDirectory(dir);
         Console.WriteLine();
-        Console.WriteLine($"| palm-kjv stored as | backend | file | resident weights | decode tok/s (1 session, {tokens} tokens, best of 3) |");
+        Console.WriteLine($"| palm-kjv stored as | backend | file | resident weights | decode tok/s (1 session, {tokens} tokens, median / best of {reps} interleaved rounds) |");
         Console.WriteLine("|---|---|---|---|---|");
+        var models = new List<(string Name, string Path, PalmModel Model)>();
         try
         {
             var files = new List<(string Name, string Path)> { ("f32", builtin) };
@@ -104,27 +106,38 @@ public static class QuantBench
                 CheckpointQuantizer.Quantize(ck, dtype, null, embed).Save(path);
                 files.Add((name, path));
             }
-            foreach (var (name, path) in files)
+            foreach (var (name, path) in files) models.Add((name, path, PalmModel.Load(path, new ModelOptions { Backend = backend })));
+            // Rounds interleave the storages, so a shared machine's load changes hit them all alike.
+            var rates = models.Select(_ => new List<double>()).ToArray();
+            for (int round = 0; round < reps; round++)
+                for (int m = 0; m < models.Count; m++)
+                    rates[m].Add(await DecodeRate(models[m].Model, tokens));
+            for (int m = 0; m < models.Count; m++)
             {
-                using var model = PalmModel.Load(path, new ModelOptions { Backend = backend });
-                var noEot = new Dictionary<int, float> { [model.Tokenizer.EotId] = float.NegativeInfinity };
-                var opts = new GenerationOptions { Temperature = 0, MaxTokens = tokens, LogitBias = noEot };
-                double best = 0;
-                for (int rep = 0; rep < 3; rep++)
-                {
-                    using var s = model.CreateSession();
-                    int n = 0;
-                    var sw = new Stopwatch();
-                    await foreach (var _ in s.GenerateAsync("And God said", opts))
-                    {
-                        // Time from the first piece on: decode only, not the prompt.
-                        if (n++ == 0) sw.Start();
-                    }
-                    best = Math.Max(best, (n - 1) / sw.Elapsed.TotalSeconds);
-                }
-                Console.WriteLine($"| {name} | {model.Backend} | {new FileInfo(path).Length / 1024.0:F0} KiB | {model.WeightBytes / 1024.0:F0} KiB | {best:F0} |");
+                var (name, path, model) = models[m];
+                var r = rates[m].Order().ToArray();
+                Console.WriteLine($"| {name} | {model.Backend} | {new FileInfo(path).Length / 1024.0:F0} KiB | {model.WeightBytes / 1024.0:F0} KiB | {r[r.Length / 2]:F0} / {r[^1]:F0} |");
             }
         }
-        finally { Directory.Delete(dir, recursive: true); }
+        finally
+        {
+            foreach (var m in models) m.Model.Dispose();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    // Greedy tokens per second after the prompt: timed from the first piece on (decode only), and
+    // counted in tokens, not pieces (a piece is whole UTF-8 characters; a token may give none or several).
+    private static async Task<double> DecodeRate(PalmModel model, int tokens)
+    {
+        var noEot = new Dictionary<int, float> { [model.Tokenizer.EotId] = float.NegativeInfinity };
+        var opts = new GenerationOptions { Temperature = 0, MaxTokens = tokens, LogitBias = noEot };
+        using var s = model.CreateSession();
+        long first = -1;
+        var sw = new Stopwatch();
+        await foreach (var _ in s.GenerateAsync("And God said", opts))
+            if (first < 0) { sw.Start(); first = s.TokenCount; }
+        sw.Stop();
+        return (s.TokenCount - first) / sw.Elapsed.TotalSeconds;
     }
 }

@@ -3,8 +3,9 @@
 // once per (B, T) and reused, so a training step or a prefill allocates no large arrays; the
 // element-wise work is fused (rmsnorm, SwiGLU + residual, relu² after the first factor) and
 // split over row chunks; the AoD part (QK-norm, RoPE, gate, causal scan, mix) runs one job per
-// (sequence, head), so batch-1 prefill uses every core too. Not thread-safe: one instance per
-// trainer or session.
+// (sequence, head), so batch-1 prefill uses every core too. Weights are CpuWeights: each matrix
+// float32 or q8/q4 (the CPU backend of a quantized file; QuantizedMatVec.MatMul decodes blocks of
+// rows into scratch, never the whole matrix). Not thread-safe: one instance per trainer or session.
 using System.Numerics.Tensors;
 using Palm.Inference.Model;
 
@@ -13,14 +14,23 @@ namespace Palm.Inference.Cpu.Fast;
 internal sealed unsafe class FastCpuModel
 {
     private Workspace? _ws;
+    private readonly PalmParameters? _parameters;
 
-    public FastCpuModel(PalmParameters parameters)
+    /// <summary>Float32 weights (shared: a trainer updates them in place between passes).</summary>
+    public FastCpuModel(PalmParameters parameters) : this(CpuWeights.From(parameters)) => _parameters = parameters;
+
+    /// <summary>Weights whose matrices may be q8/q4 (inference only: no <see cref="Parameters"/>).</summary>
+    public FastCpuModel(CpuWeights weights)
     {
-        Parameters = parameters;
-        Config = parameters.Config;
+        Weights = weights;
+        Config = weights.Config;
     }
 
-    public PalmParameters Parameters { get; }
+    public CpuWeights Weights { get; }
+
+    /// <summary>The float32 parameters a training backward pass reads.</summary>
+    /// <exception cref="InvalidOperationException">The model was built from <see cref="CpuWeights"/> (possibly quantized).</exception>
+    public PalmParameters Parameters => _parameters ?? throw new InvalidOperationException("this model was built from CpuWeights (possibly q8/q4); training needs float32 PalmParameters");
     public PalmConfig Config { get; }
 
     /// <summary>Activations for one (B, T): a full tape (training) or one shared application set (inference).</summary>
@@ -109,7 +119,7 @@ internal sealed unsafe class FastCpuModel
         for (int app = 0; app < c.Applications; app++)
         {
             var at = tp.Apps[app];
-            var bp = Parameters.Blocks[c.BlockOfApplication(app)];
+            var bp = Weights.Blocks[c.BlockOfApplication(app)];
             at.Block = c.BlockOfApplication(app);
             at.XIn = x;
             var xNext = ws.Taped ? ws.X[app + 1] : ws.X[app & 1];
@@ -135,11 +145,11 @@ internal sealed unsafe class FastCpuModel
             // Only each sequence's last row goes through the final norm and the unembedding.
             for (int b = 0; b < batch; b++)
                 CpuOps.RmsNormRows(x.AsSpan(((b + 1) * t - 1) * C, C), 1, C, tp.XF.AsSpan(b * C, C), tp.XFInv.AsSpan(b, 1));
-            Linear(Parameters.Unembed, tp.XF, batch, ws.Logits, tp.Unembed, relu2: false);
+            Linear(Weights.Unembed, tp.XF, batch, ws.Logits, tp.Unembed, relu2: false);
             return ws.Logits;
         }
         RmsNorm(x, rows, C, tp.XF, tp.XFInv);
-        Linear(Parameters.Unembed, tp.XF, rows, ws.Logits, tp.Unembed, relu2: false);
+        Linear(Weights.Unembed, tp.XF, rows, ws.Logits, tp.Unembed, relu2: false);
         return ws.Logits;
     }
 
@@ -148,25 +158,29 @@ internal sealed unsafe class FastCpuModel
 
     private void Embed(ForwardTape tp, int rows)
     {
-        var E = Parameters.Embed;
+        var E = Weights.Embed;
         int w = E.Cols, C = Config.NEmbd;
-        for (int i = 0; i < rows; i++) Array.Copy(E.Data, tp.Tokens[i] * w, tp.E, i * w, w);
+        if (E.Float32 is { } table)
+            for (int i = 0; i < rows; i++) Array.Copy(table, tp.Tokens[i] * w, tp.E, i * w, w);
+        else
+            // A quantized table: each row decoded exactly (level · scale) where it is needed.
+            for (int i = 0; i < rows; i++) E.Row(tp.Tokens[i], tp.E.AsSpan(i * w, w));
         float[] pre = tp.E;
-        if (Parameters.EmbedProj is { } proj)
+        if (Weights.EmbedProj is { } proj)
         {
-            CpuOps.MatMulABt(tp.E, proj.Data, rows, C, w, tp.P!);
+            proj.MatMul(tp.E, rows, tp.P!);
             pre = tp.P!;
         }
         RmsNorm(pre, rows, C, tp.X0, tp.X0Inv);
     }
 
     /// <summary>y (rows, Out) = Linear(x); relu² between the factors for QKV. Intermediates go to the tape's buffers.</summary>
-    private static void Linear(LinearParams p, float[] x, int rows, float[] y, LinearTape lt, bool relu2)
+    private static void Linear(CpuLinear p, float[] x, int rows, float[] y, LinearTape lt, bool relu2)
     {
-        if (!p.Factorized) { CpuOps.MatMulABt(x, p.W!.Data, rows, p.Out, p.In, y); return; }
+        if (!p.Factorized) { p.W!.MatMul(x, rows, y); return; }
         int r = p.W1!.Rows;
         var u = lt.U!;
-        CpuOps.MatMulABt(x, p.W1.Data, rows, r, p.In, u);
+        p.W1.MatMul(x, rows, u);
         var a = u;
         if (relu2)
         {
@@ -179,16 +193,15 @@ internal sealed unsafe class FastCpuModel
                 TensorPrimitives.Multiply(as_, as_, as_);
             });
         }
-        CpuOps.MatMulABt(a, p.W2!.Data, rows, p.Out, r, y);
+        p.W2!.MatMul(a, rows, y);
     }
 
     /// <summary>y += Linear(x) (no activation between factors).</summary>
-    private static void LinearAcc(LinearParams p, float[] x, int rows, float[] y, LinearTape lt)
+    private static void LinearAcc(CpuLinear p, float[] x, int rows, float[] y, LinearTape lt)
     {
-        if (!p.Factorized) { CpuOps.MatMulABt(x, p.W!.Data, rows, p.Out, p.In, y, accumulate: true); return; }
-        int r = p.W1!.Rows;
-        CpuOps.MatMulABt(x, p.W1.Data, rows, r, p.In, lt.U!);
-        CpuOps.MatMulABt(lt.U!, p.W2!.Data, rows, p.Out, r, y, accumulate: true);
+        if (!p.Factorized) { p.W!.MatMul(x, rows, y, accumulate: true); return; }
+        p.W1!.MatMul(x, rows, lt.U!);
+        p.W2!.MatMul(lt.U!, rows, y, accumulate: true);
     }
 
     private static void RmsNorm(float[] x, int rows, int n, float[] y, float[] inv) =>

@@ -1,7 +1,8 @@
 // The CPU quantized kernels (Cpu/QuantizedMatVec) against QuantizedTensor.Dequantize and a float64
 // loop, for every kernel family this machine runs: awkward k (1, primes), odd group sizes and odd
 // group counts, q4 rows and groups that start on the high nibble of a byte (odd k or odd G), and
-// the last rows of a matrix where a vector step would read past the data. Outputs arrive NaN-poisoned.
+// the last rows of a matrix where a vector step would read past the data; row ranges and column
+// slices that cut groups and bytes (the two-core decoder's parts). Outputs arrive NaN-poisoned.
 using Palm.Inference.Checkpoint;
 using Palm.Inference.Cpu;
 using Palm.Inference.Quantization;
@@ -79,6 +80,91 @@ public sealed class QuantizedMatVecTests
         }
     }
 
+    // Slices of [0, k) for a row of k with groups of g: whole, empty, one element, group-aligned,
+    // starting and ending inside a group, odd starts (q4: the high nibble of a byte), the decoder's
+    // halves at multiples of 16, and a last short piece.
+    private static IEnumerable<(int Col0, int Cols)> Slices(int k, int g)
+    {
+        var s = new List<(int, int)> { (0, k), (0, 0), (k - 1, 1), (k / 2, 0), (0, k / 2), (k / 2, k - k / 2) };
+        if (k >= 3) s.Add((1, k - 2));
+        if (g > 1 && k > g) s.Add((g / 2, k - g / 2 - 1));              // starts and ends mid-group
+        if (g < k) s.Add((g, k - g));                                   // group-aligned start
+        if (k >= 32) { s.Add((16, k - 32)); s.Add((k / 32 * 16, k - k / 32 * 16)); }
+        if (k >= 7) s.Add((3, 3));                                      // inside one group (when g > 5)
+        return s.Where(t => t.Item1 >= 0 && t.Item2 >= 0 && t.Item1 + t.Item2 <= k).Distinct();
+    }
+
+    [Theory, MemberData(nameof(Isas))]
+    public void MatVecCols_matches_float64_on_column_slices_that_cut_groups_and_bytes(string isaName)
+    {
+        var isa = Enum.Parse<QuantIsa>(isaName);
+        ulong seed = TestSeed.Next();
+        var rng = new Random((int)(seed & 0x7fffffff));
+        foreach (var (dtype, n, k, g) in Shapes.Concat([("q8", 12, 256, 256), ("q4", 9, 256, 32), ("q8", 33, 128, 128), ("q4", 8, 96, 96)]))
+        {
+            var w = Random(rng, dtype, n, k, g);
+            var wf = w.Dequantize();
+            foreach (var (col0, cols) in Slices(k, g))
+            {
+                var x = Vector(rng, cols);
+                var y = new float[n];
+                Array.Fill(y, float.NaN);
+                QuantizedMatVec.MatVecCols(isa, w, n, k, col0, cols, x, y);
+                var expected = new double[n];
+                for (int r = 0; r < n; r++)
+                    for (int j = 0; j < cols; j++) expected[r] += (double)wf[r * k + col0 + j] * x[j];
+                Tolerance.AssertClose(y, expected, Tolerance.ForReduction(Math.Max(cols, 1)), Tolerance.F32Rtol,
+                    $"{isa} matvec cols [{col0}, {col0 + cols}) {dtype} n={n} k={k} G={g} (PALM_TEST_SEED={seed})", 0, n);
+                // The same slice again gives the same bits: what the two-core decoder relies on.
+                var again = new float[n];
+                QuantizedMatVec.MatVecCols(isa, w, n, k, col0, cols, x, again);
+                Assert.Equal(y, again);
+            }
+        }
+    }
+
+    [Theory, MemberData(nameof(Isas))]
+    public void MatVecRows_matches_float64_on_row_ranges(string isaName)
+    {
+        var isa = Enum.Parse<QuantIsa>(isaName);
+        ulong seed = TestSeed.Next();
+        var rng = new Random((int)(seed & 0x7fffffff));
+        foreach (var (dtype, n, k, g) in Shapes)
+        {
+            var w = Random(rng, dtype, n, k, g);
+            var x = Vector(rng, k);
+            var all = Expected(w, x, 1, n, k);
+            foreach (var (row0, rows) in new[] { (0, n), (n / 2, n - n / 2), (n - 1, 1), (1, Math.Max(0, n - 2)), (n / 3, Math.Min(5, n - n / 3)), (n, 0) })
+            {
+                var y = new float[rows];
+                Array.Fill(y, float.NaN);
+                QuantizedMatVec.MatVecRows(isa, w, n, k, row0, rows, x, y);
+                Tolerance.AssertClose(y, all.AsSpan(row0, rows), Tolerance.ForReduction(k), Tolerance.F32Rtol,
+                    $"{isa} matvec rows [{row0}, {row0 + rows}) {dtype} n={n} k={k} G={g} (PALM_TEST_SEED={seed})", 0, rows);
+            }
+        }
+    }
+
+    [Theory, MemberData(nameof(Isas))]
+    public void MatMul_accumulate_adds_onto_y(string isaName)
+    {
+        var isa = Enum.Parse<QuantIsa>(isaName);
+        ulong seed = TestSeed.Next();
+        var rng = new Random((int)(seed & 0x7fffffff));
+        foreach (var (dtype, m, n, k, g, block) in new[] { ("q8", 1, 7, 13, 13, 0), ("q4", 1, 9, 64, 32, 0), ("q4", 5, 33, 35, 7, 8), ("q8", 37, 70, 64, 64, 0) })
+        {
+            var w = Random(rng, dtype, n, k, g);
+            var x = Vector(rng, m * k);
+            var y0 = Vector(rng, m * n);
+            var y = (float[])y0.Clone();
+            QuantizedMatVec.MatMul(isa, w, x, m, n, k, y, parallel: true, rowsPerBlock: block, accumulate: true);
+            var expected = Expected(w, x, m, n, k);
+            for (int i = 0; i < expected.Length; i++) expected[i] += y0[i];
+            Tolerance.AssertClose(y, expected, Tolerance.ForReduction(k + 1), Tolerance.F32Rtol,
+                $"{isa} matmul accumulate {dtype} m={m} n={n} k={k} G={g} (PALM_TEST_SEED={seed})", 0, n);
+        }
+    }
+
     [Theory, MemberData(nameof(Isas))]
     public void DequantizeRows_equals_QuantizedTensor_Dequantize(string isaName)
     {
@@ -148,6 +234,9 @@ public sealed class QuantizedMatVecTests
         QuantizedMatVec.MatVec(w, 256, 64, x, y);
         long before = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 10; i++) QuantizedMatVec.MatVec(w, 256, 64, x, y);
+        // The decoder's per-part products too: a row range and a column slice that cuts groups.
+        QuantizedMatVec.MatVecRows(w, 256, 64, 100, 56, x, y.AsSpan(0, 56));
+        QuantizedMatVec.MatVecCols(w, 256, 64, 7, 40, x.AsSpan(0, 40), y);
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 
@@ -162,5 +251,11 @@ public sealed class QuantizedMatVecTests
         Assert.Throws<ArgumentException>(() => QuantizedMatVec.MatMul(w, new float[16], 2, 3, 8, new float[5]));
         Assert.Throws<ArgumentException>(() => QuantizedMatVec.MatMul(w, new float[0], 0, 3, 8, new float[0]));
         Assert.Throws<ArgumentOutOfRangeException>(() => QuantizedMatVec.DequantizeRows(QuantIsa.Scalar, w, 8, 2, 2, new float[16]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => QuantizedMatVec.MatVecRows(w, 3, 8, 2, 2, new float[8], new float[2]));  // rows [2, 4) of 3
+        Assert.Throws<ArgumentOutOfRangeException>(() => QuantizedMatVec.MatVecRows(w, 3, 8, -1, 1, new float[8], new float[1]));
+        Assert.Throws<ArgumentException>(() => QuantizedMatVec.MatVecRows(w, 3, 8, 0, 2, new float[8], new float[3]));          // y not rows long
+        Assert.Throws<ArgumentOutOfRangeException>(() => QuantizedMatVec.MatVecCols(w, 3, 8, 5, 4, new float[4], new float[3]));  // columns [5, 9) of 8
+        Assert.Throws<ArgumentException>(() => QuantizedMatVec.MatVecCols(w, 3, 8, 2, 4, new float[5], new float[3]));          // x not cols long
+        Assert.Throws<ArgumentException>(() => QuantizedMatVec.MatVecCols(w, 3, 8, 2, 4, new float[4], new float[2]));          // y not n long
     }
 }

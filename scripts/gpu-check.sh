@@ -5,7 +5,8 @@
 #   device run, carry ["publish", ".gl"], command: "bash scripts/gpu-check.sh run"
 #
 # `run` unpacks the Vulkan loader, runs the GPU conformance check (whole Vulkan forward and
-# single-step decoding against every golden file), the Vulkan matmul and forward benchmark, and
+# single-step decoding against every golden file), the Vulkan matmul and forward benchmark, the
+# engine API's GPU decode (GPU time per token beside wall time), the training benchmark, and
 # cuBLAS through PyTorch on the same shapes, and copies everything it printed to $OUT/gpu-check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,8 @@ run)
     echo "== conformance"; "$pub/Palm.Bench" gpu-check
     echo "== vulkan benchmark"; "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5
     echo "== per-kernel profile of one small forward"; PALM_VK_PROFILE=1 "$pub/Palm.Bench" gpu --sizes 256 --reps 1
+    echo "== engine API on the GPU: load, TTFT, decode 1 and 32 sessions, GPU vs wall ms/token"
+    "$pub/Palm.Bench" api --backend vulkan --no-peer --tokens 128 --sessions 32
     echo "== vulkan training step"; "$pub/Palm.Bench" gpu-train --config tiny --reps 5; "$pub/Palm.Bench" gpu-train --config small --reps 5
     echo "== PyTorch CUDA training step, same model (the peer's Palm and Muon on the GPU)"
     PYTHONUNBUFFERED=1 PYTHONPATH="$pub" python3 - <<'PY'

@@ -21,6 +21,12 @@ internal sealed record VulkanOptions
     /// <summary>Use staging copies even when device memory is host-visible (tests the discrete-GPU path).</summary>
     public bool ForceStaging { get; init; }
 
+    /// <summary>
+    /// Sample every non-greedy row on the host from its downloaded logits instead of on the GPU
+    /// (PALM_VK_HOST_SAMPLING=1): to compare the two, or to rule the kernel out.
+    /// </summary>
+    public bool HostSampling { get; init; }
+
     /// <summary>Size of the device memory blocks that tensors are sub-allocated from.</summary>
     public ulong BlockBytes { get; init; } = 64UL << 20;
 
@@ -30,6 +36,7 @@ internal sealed record VulkanOptions
         Device = NullIfEmpty(Environment.GetEnvironmentVariable("PALM_VK_DEVICE")),
         PipelineCacheDir = NullIfEmpty(Environment.GetEnvironmentVariable("PALM_VK_CACHE_DIR")) ?? DefaultCacheDir(),
         Profile = Environment.GetEnvironmentVariable("PALM_VK_PROFILE") == "1",
+        HostSampling = Environment.GetEnvironmentVariable("PALM_VK_HOST_SAMPLING") == "1",
     };
 
     static string? NullIfEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;

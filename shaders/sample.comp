@@ -15,7 +15,12 @@
 // Sums are float32 in a fixed order (so the kernel is deterministic and W is monotone in t);
 // the host's are doubles. Palm.Gpu/Kernels/Sample.cs says where the two may pick differently.
 // The logits of sampled rows are overwritten with the adjusted (biased, penalized) logits.
+// -D SUBGROUP (variant sample_subgroup, used where the device has subgroup arithmetic) sums a
+// sweep's lanes inside subgroups first: two barriers per sweep instead of log2(WG) + 1.
 #version 450
+#ifdef SUBGROUP
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
 #include "common.glsl"
 
 layout(constant_id = 0) const uint WG = 256;   // a power of two (tree reductions)
@@ -126,6 +131,21 @@ void sweep(uint set, bool mass, uint n, uint thr[LANES], out float res[LANES]) {
         for (uint i = 0; i < n; i++)
             if (key >= thr[i]) acc[i] += w;
     }
+#ifdef SUBGROUP
+    for (uint i = 0; i < n; i++) {
+        const float v = subgroupAdd(acc[i]);
+        if (subgroupElect()) lanes[i][gl_SubgroupID] = v;
+    }
+    barrier();
+    // Every invocation adds the subgroups' sums in the same order: equal results everywhere.
+    for (uint i = 0; i < LANES; i++) {
+        float r = 0.0;
+        if (i < n)
+            for (uint g = 0; g < gl_NumSubgroups; g++) r += lanes[i][g];
+        res[i] = r;
+    }
+    barrier();   // lanes is reused by the next sweep
+#else
     for (uint i = 0; i < LANES; i++) lanes[i][tid] = acc[i];
     barrier();
     for (uint s = WG / 2; s > 0; s >>= 1) {
@@ -135,6 +155,7 @@ void sweep(uint set, bool mass, uint n, uint thr[LANES], out float res[LANES]) {
     }
     for (uint i = 0; i < LANES; i++) res[i] = lanes[i][0];
     barrier();
+#endif
 }
 
 float weightFrom(uint set, bool mass, uint t) {

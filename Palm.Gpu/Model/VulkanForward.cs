@@ -197,7 +197,8 @@ internal sealed class VulkanForward : IDisposable
                 throw new ArgumentException($"sampled rows [{firstSampled}, {firstSampled + sampled}) must lie in [{logits.Length / V}, {B}): after the logits rows", nameof(firstSampled));
             UploadSampling(sampleRows, samplePairs);
         }
-        var a = Run(tokens, B, 1, positions, slots, pool, null, argmax: !ids.IsEmpty, firstSampled, sampled);
+        // The argmax only where some row's id is not sampled.
+        var a = Run(tokens, B, 1, positions, slots, pool, null, argmax: !ids.IsEmpty && sampled < B, firstSampled, sampled);
         if (!logits.IsEmpty) a.Logits.Download(logits, 0);
         if (!ids.IsEmpty) a.Argmax.Download(ids);
     }

@@ -95,7 +95,9 @@ internal static class Sample
     /// logits; rows (at least count * <see cref="RowInts"/>) i32; pairs (at least the pairs the
     /// rows name, * <see cref="PairInts"/>) i32; ids (R) i32. The caller checks the rows with
     /// <see cref="CheckRows"/> before uploading them: the kernel trusts their ids and ranges.
-    /// <paramref name="subgroup"/>: null picks the subgroup-arithmetic variant where the device has it.
+    /// <paramref name="subgroup"/>: null picks the subgroup-arithmetic variant where the device has it
+    /// and a workgroup holds at most 8 subgroups (every invocation then adds the subgroups' sums:
+    /// with lavapipe's 8-wide subgroups, 32 of them, that measured slower than the shared-memory tree).
     /// </summary>
     public static void Record(CommandRecorder rec, VulkanContext ctx, GpuTensor logits, GpuTensor rows, GpuTensor pairs, int firstRow, int count, GpuTensor ids,
         bool? subgroup = null)
@@ -111,7 +113,7 @@ internal static class Sample
             throw new ArgumentException($"sample: rows {rows} must be i32 holding {count} rows of {RowInts} ints, pairs {pairs} i32");
         if (count == 0) return;
         var wg = Math.Min(Math.Clamp(Grid.NextPow2((uint)v), 32u, 256u), Grid.NextPow2(ctx.Capabilities.MaxWorkgroupInvocations + 1) / 2);
-        bool useSubgroup = subgroup ?? ctx.Capabilities.SubgroupArithmetic;
+        bool useSubgroup = subgroup ?? (ctx.Capabilities.SubgroupArithmetic && wg <= 8 * ctx.Capabilities.SubgroupSize);
         if (useSubgroup && !ctx.Capabilities.SubgroupArithmetic) throw new NotSupportedException("sample: the device has no subgroup arithmetic");
         var pipeline = ctx.Pipelines.Get(useSubgroup ? "sample_subgroup" : "sample", 4, (uint)Marshal.SizeOf<SamplePush>(), wg);
         var push = new SamplePush { firstRow = (uint)firstRow, rows = (uint)count, V = (uint)v };

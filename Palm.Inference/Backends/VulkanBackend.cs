@@ -6,8 +6,8 @@
 // tables and slot indices). Rows that sample greedily get only their argmax id back; rows that
 // sample otherwise run the session's whole sampling chain on the GPU in the same submission
 // (shaders/sample.comp, with the uniform the session drew) and get only their id back too;
-// rows whose caller wants logits, and every sampled row when VulkanOptions.HostSampling is set,
-// get their logits. Calls come from the scheduler's thread; Pull (a session reading its state)
+// rows whose caller wants logits, and every sampled row when VulkanOptions.HostSampling says so
+// (by default: when the device is the CPU), get their logits. Calls come from the scheduler's thread; Pull (a session reading its state)
 // may come from any thread, so a lock orders device work. Slots freed by sessions (from any
 // thread, finalizers included) go through a lock-free queue and are reused at the next step.
 using System.Collections.Concurrent;
@@ -48,6 +48,9 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
         Config = config;
         WeightBytes = weightBytes;
         Description = $"vulkan on {ctx.Capabilities.DeviceName} ({ctx.Capabilities.DeviceType})";
+        // On a CPU device the logits cost no bus transfer and the host's sampler is faster than the
+        // kernel run by the same cores (docs/performance.md, `gpu-sample`).
+        HostSampling = ctx.Options.HostSampling ?? ctx.Capabilities.DeviceType == "Cpu";
     }
 
     /// <summary>Creates a Vulkan context and uploads the weights.</summary>
@@ -116,8 +119,8 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
     public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits) =>
         Step(tokens, states, [], logits, []);
 
-    /// <summary>Sampled rows get their logits and the session samples on the host (VulkanOptions.HostSampling, PALM_VK_HOST_SAMPLING=1).</summary>
-    internal bool HostSampling => _ctx.Options.HostSampling;
+    /// <summary>Sampled rows get their logits and the session samples on the host (VulkanOptions.HostSampling, PALM_VK_HOST_SAMPLING).</summary>
+    internal bool HostSampling { get; }
 
     private enum RowOut { Logits, Sampled, Argmax }
 

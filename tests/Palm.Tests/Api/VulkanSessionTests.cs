@@ -266,7 +266,7 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
     [VulkanFact]
     public void Sampled_rows_get_only_their_id_back_and_the_token_the_chain_picks()
     {
-        using var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions"));
+        using var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions") with { HostSampling = false });
         int V = M.Parameters.Config.VocabSize, B = 3;
         var sampledStates = Enumerable.Range(0, B).Select(_ => backend.CreateState()).ToArray();
         var logitStates = Enumerable.Range(0, B).Select(_ => backend.CreateState()).ToArray();
@@ -372,7 +372,7 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
     public async Task Staged_memory_and_a_growing_pool_keep_sessions_exact()
     {
         const int N = 10;   // past the first pool capacity (8): the pool grows by a device copy
-        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-staging") with { ForceStaging = true });
+        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-staging") with { ForceStaging = true, HostSampling = false });
         using var model = PalmModel.Create(M.Parameters, M.Tokenizer, backend);
         var o = new GenerationOptions { Temperature = 0.8f, MaxTokens = 10, Seed = 5 };
         var prompts = Enumerable.Range(0, N).Select(i => string.Join(' ', TinyModel.Corpus.Split(' ').Take(1 + i))).ToArray();

@@ -7,17 +7,18 @@
 // sample otherwise run the session's whole sampling chain on the GPU in the same submission
 // (shaders/sample.comp, with the uniform the session drew) and get only their id back too;
 // rows whose caller wants logits, and every sampled row when VulkanOptions.HostSampling says so
-// (by default: when the device is the CPU), get their logits. Calls come from the scheduler's thread; Pull (a session reading its state)
-// may come from any thread, so a lock orders device work. Slots freed by sessions (from any
-// thread, finalizers included) go through a lock-free queue and are reused at the next step.
+// (by default: when the device is the CPU), get their logits. Calls come from the scheduler's
+// thread; Pull (a session reading its state) may come from any thread, so a lock orders device
+// work. Slots freed by sessions (from any thread, finalizers included) go through a lock-free
+// queue and are reused at the next step.
 using System.Collections.Concurrent;
 using Palm.Gpu;
+using Palm.Gpu.Kernels;
 using Palm.Gpu.Model;
 using Palm.Gpu.Vulkan;
 using Palm.Inference.Cpu;
 using Palm.Inference.Model;
 using Palm.Inference.Sampling;
-using Palm.Gpu.Kernels;
 
 namespace Palm.Inference.Backends;
 

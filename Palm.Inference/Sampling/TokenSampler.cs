@@ -24,9 +24,10 @@ internal sealed class TokenSampler(int vocabSize)
     private readonly int[] _counts = new int[vocabSize];
 
     /// <summary>
-    /// True when <see cref="Sample(ReadOnlySpan{float}, in SamplingSettings, RecentTokens, double)"/> would return the plain argmax of the logits: temperature 0
-    /// with no logit bias and no penalty that applies (none set, or an empty window). A backend
-    /// may then compute the argmax itself and send back only the id.
+    /// True when <see cref="Sample(ReadOnlySpan{float}, in SamplingSettings, RecentTokens, double)"/>
+    /// would return the plain argmax of the logits: temperature 0 with no logit bias and no penalty
+    /// that applies (none set, or an empty window). A backend may then compute the argmax itself
+    /// and send back only the id.
     /// </summary>
     public static bool IsPlainArgmax(in SamplingSettings s, RecentTokens recent) =>
         s.Temperature <= 0 && (s.LogitBias is null || s.LogitBias.Count == 0) &&

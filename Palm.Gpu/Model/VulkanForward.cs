@@ -6,7 +6,8 @@
 // GPU: in a GpuStatePool, where a decoding step names each row's slot and position, so sessions
 // at different positions share one submission (RoPE tables are formed per row on the host, in
 // double), or in a GpuAodState for sequences that advance together. Only what the caller asks
-// for comes back: logits rows, the argmax ids, or the last prefill row.
+// for comes back: logits rows, the argmax ids, the ids sampled on the GPU by a session's whole
+// sampling chain (Sample), or the last prefill row.
 // The math is ../shared/spec/palm-model.md.
 using Palm.Gpu.Kernels;
 using Palm.Gpu.Vulkan;
@@ -25,6 +26,8 @@ internal sealed class VulkanForward : IDisposable
     readonly List<IDisposable> weightBuffers;
     float[] ropeCos = [], ropeSin = [];  // host staging for the tables, (B*T, hd/2) of the largest B*T seen
     bool[] slotSeen = [];                // host scratch: duplicate-slot check, one flag per pool row
+    bool[] pairSeen = [];                // host scratch: duplicate-id check of the sampling pairs, (V)
+    GpuTensor? sampleRows, samplePairs;  // the sampled rows' settings and pairs, i32; grown, never shrunk
 
     // One weight matrix on the device: f32, or quantized levels + scales (exactly one is set).
     sealed record GpuMatrix(GpuTensor? F32, GpuQuantizedMatrix? Quantized);
@@ -199,15 +202,58 @@ internal sealed class VulkanForward : IDisposable
     /// <exception cref="ArgumentException">Mismatched lengths, a repeated slot, or logits not a whole number of rows.</exception>
     /// <exception cref="ArgumentOutOfRangeException">A token outside [0, V), a slot outside the pool, a negative position.</exception>
     public void Step(ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<long> positions, GpuStatePool pool,
-        Span<float> logits, Span<int> ids)
+        Span<float> logits, Span<int> ids) =>
+        Step(tokens, slots, positions, pool, logits, ids, 0, [], []);
+
+    /// <summary>
+    /// <see cref="Step(ReadOnlySpan{int}, ReadOnlySpan{int}, ReadOnlySpan{long}, GpuStatePool, Span{float}, Span{int})"/>
+    /// where rows [firstSampled, firstSampled + sampleRows.Length) also run the whole sampling
+    /// chain on the GPU in the same submission (<see cref="Sample"/>; their settings and pairs go
+    /// up, a few bytes each): their ids are the sampled tokens instead of the argmax. Sampled rows
+    /// come after the rows whose logits come back (the kernel adjusts the logits in place).
+    /// </summary>
+    /// <exception cref="ArgumentException">As the plain step; ids empty while rows are sampled; sampled rows past B or
+    /// among the logits rows; a pair range past <paramref name="samplePairs"/>, an id outside [0, V) or twice in one list.</exception>
+    public void Step(ReadOnlySpan<int> tokens, ReadOnlySpan<int> slots, ReadOnlySpan<long> positions, GpuStatePool pool,
+        Span<float> logits, Span<int> ids, int firstSampled, ReadOnlySpan<Sample.SampleRow> sampleRows, ReadOnlySpan<Sample.SamplePair> samplePairs)
     {
         int B = tokens.Length, V = Config.VocabSize;
         if (logits.Length % V != 0 || logits.Length > B * V)
             throw new ArgumentException($"logits holds {logits.Length} floats: a whole number of rows of V = {V}, at most B = {B}", nameof(logits));
         if (!ids.IsEmpty && ids.Length != B) throw new ArgumentException($"ids must hold B = {B} ids or none", nameof(ids));
-        var a = Run(tokens, B, 1, positions, slots, pool, null, argmax: !ids.IsEmpty);
+        int sampled = sampleRows.Length;
+        if (sampled > 0)
+        {
+            if (ids.IsEmpty) throw new ArgumentException("ids must hold B ids when rows are sampled", nameof(ids));
+            if (firstSampled < logits.Length / V || firstSampled + sampled > B)
+                throw new ArgumentException($"sampled rows [{firstSampled}, {firstSampled + sampled}) must lie in [{logits.Length / V}, {B}): after the logits rows", nameof(firstSampled));
+            UploadSampling(sampleRows, samplePairs);
+        }
+        // The argmax only where some row's id is not sampled.
+        var a = Run(tokens, B, 1, positions, slots, pool, null, argmax: !ids.IsEmpty && sampled < B, firstSampled, sampled);
         if (!logits.IsEmpty) a.Logits.Download(logits, 0);
         if (!ids.IsEmpty) a.Argmax.Download(ids);
+    }
+
+    void UploadSampling(ReadOnlySpan<Sample.SampleRow> rows, ReadOnlySpan<Sample.SamplePair> pairs)
+    {
+        int V = Config.VocabSize;
+        if (pairSeen.Length < V) pairSeen = new bool[V];
+        Sample.CheckRows(rows, pairs, V, pairSeen);
+        var rowInts = System.Runtime.InteropServices.MemoryMarshal.Cast<Sample.SampleRow, int>(rows);
+        var pairInts = System.Runtime.InteropServices.MemoryMarshal.Cast<Sample.SamplePair, int>(pairs);
+        // Buffers grow by doubling and only their used prefix is written: no allocation per token.
+        sampleRows = Grown(sampleRows, rowInts.Length);
+        samplePairs = Grown(samplePairs, pairInts.Length);
+        sampleRows.Upload(rowInts, 0);
+        if (!pairInts.IsEmpty) samplePairs.Upload(pairInts, 0);
+    }
+
+    GpuTensor Grown(GpuTensor? t, int ints)
+    {
+        if (t is not null && t.Count >= ints) return t;
+        t?.Dispose();   // every submission has completed (Submit waits)
+        return ctx.CreateTensor(GpuDType.I32, (int)Math.Max(64, Grid.NextPow2((uint)ints)));
     }
 
     /// <summary>
@@ -235,7 +281,7 @@ internal sealed class VulkanForward : IDisposable
     // starts (B): absolute position of each sequence's first token; slots (B) into pool, or no
     // pool (and no slots) for a scan from zero that keeps no state.
     Activations Run(ReadOnlySpan<int> tokens, int B, int T, ReadOnlySpan<long> starts, ReadOnlySpan<int> slots, GpuStatePool? pool,
-        ReadOnlySpan<int> targets, bool argmax = false)
+        ReadOnlySpan<int> targets, bool argmax = false, int firstSampled = 0, int sampled = 0)
     {
         if (B <= 0 || T <= 0) throw new ArgumentOutOfRangeException(nameof(T), $"B ({B}) and T ({T}) must be > 0");
         if (tokens.Length != B * T) throw new ArgumentException($"tokens holds {tokens.Length} ids, expected B*T = {B * T}", nameof(tokens));
@@ -255,6 +301,8 @@ internal sealed class VulkanForward : IDisposable
         RecordForward(a, B, T, pool);
         if (!targets.IsEmpty) CrossEntropy.Record(rec, ctx, a.Logits, a.Targets, a.Loss);
         if (argmax) CrossEntropy.RecordArgmax(rec, ctx, a.Logits, a.Argmax);
+        // After the argmax, whose ids of the sampled rows it overwrites.
+        if (sampled > 0) Sample.Record(rec, ctx, a.Logits, sampleRows!, samplePairs!, firstSampled, sampled, a.Argmax);
         rec.Submit();
         return a;
     }
@@ -391,6 +439,9 @@ internal sealed class VulkanForward : IDisposable
     {
         foreach (var a in shapes.Values) a.Dispose();
         shapes.Clear();
+        sampleRows?.Dispose();
+        samplePairs?.Dispose();
+        sampleRows = samplePairs = null;
     }
 
     public void Dispose()

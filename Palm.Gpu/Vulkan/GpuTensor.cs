@@ -100,6 +100,13 @@ internal sealed class GpuTensor : IDisposable
         ctx.Transfers.Write(Allocation, MemoryMarshal.AsBytes(data), (ulong)offset * sizeof(float));
     }
 
+    /// <summary>Writes <paramref name="data"/> into elements [offset, offset + data.Length) of an i32 tensor (a used prefix of a buffer kept large).</summary>
+    public void Upload(ReadOnlySpan<int> data, long offset)
+    {
+        CheckRange(offset, data.Length, GpuDType.I32);
+        ctx.Transfers.Write(Allocation, MemoryMarshal.AsBytes(data), (ulong)offset * sizeof(int));
+    }
+
     /// <summary>Reads elements [offset, offset + data.Length) of an f32 tensor: a part comes back, not the whole.</summary>
     public void Download(Span<float> data, long offset)
     {

@@ -21,6 +21,14 @@ internal sealed record VulkanOptions
     /// <summary>Use staging copies even when device memory is host-visible (tests the discrete-GPU path).</summary>
     public bool ForceStaging { get; init; }
 
+    /// <summary>
+    /// Where non-greedy rows are sampled: true = on the host from their downloaded logits, false =
+    /// on the GPU (only ids come back), null = on the host only when the device is the CPU itself
+    /// (lavapipe: no bus to spare, and the host sampler measured faster there; `gpu-sample` bench).
+    /// PALM_VK_HOST_SAMPLING=1 or 0 sets it; forcing either side is also how the two are compared.
+    /// </summary>
+    public bool? HostSampling { get; init; }
+
     /// <summary>Size of the device memory blocks that tensors are sub-allocated from.</summary>
     public ulong BlockBytes { get; init; } = 64UL << 20;
 
@@ -30,6 +38,7 @@ internal sealed record VulkanOptions
         Device = NullIfEmpty(Environment.GetEnvironmentVariable("PALM_VK_DEVICE")),
         PipelineCacheDir = NullIfEmpty(Environment.GetEnvironmentVariable("PALM_VK_CACHE_DIR")) ?? DefaultCacheDir(),
         Profile = Environment.GetEnvironmentVariable("PALM_VK_PROFILE") == "1",
+        HostSampling = Environment.GetEnvironmentVariable("PALM_VK_HOST_SAMPLING") switch { "1" => true, "0" => false, _ => null },
     };
 
     static string? NullIfEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;

@@ -3,10 +3,12 @@
 // (B = sessions waiting), so concurrent sessions share the weight reads. The loop has its own
 // thread because it waits briefly for sessions to submit: a pool thread blocked on that wait
 // could starve the very continuations it waits for. Sessions sample on the thread pool; a
-// session that samples the plain argmax asks for the id only, and the backend may compute it
-// on the device (Vulkan) so that its logits never come back.
+// session hands each step what it would sample with (a SampleRequest), and the backend may
+// pick the token on the device (Vulkan: the argmax, or the whole chain) so that its logits
+// never come back.
 using System.Diagnostics;
 using Palm.Inference.Backends;
+using Palm.Inference.Sampling;
 
 namespace Palm.Inference;
 
@@ -23,7 +25,7 @@ internal sealed class BatchScheduler : IDisposable
     private float[] _logits = [];
     private int[] _tokens = [];
     private int[] _ids = [];
-    private bool[] _greedy = [];
+    private SampleRequest?[] _requests = [];
 
     // A step waits for every decoding session that is in our hands (sampling, about to submit),
     // but not for those whose caller holds a piece: a slow consumer must not stall the others.
@@ -41,13 +43,13 @@ internal sealed class BatchScheduler : IDisposable
     /// <summary>Prefill calls (one chunk of one session each) run so far.</summary>
     public long PrefillCalls { get; private set; }
 
-    private sealed class Work(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits, bool greedy = false)
+    private sealed class Work(SequenceState state, ReadOnlyMemory<int> tokens, float[] logits, SampleRequest? request = null)
     {
         public readonly SequenceState State = state;
         public readonly ReadOnlyMemory<int> Tokens = tokens;
         public readonly float[] Logits = logits;
-        public readonly bool Greedy = greedy;
-        // The argmax id when the backend computed it, else -1 (the logits were written).
+        public readonly SampleRequest? Request = request;
+        // The token when the backend picked it, else -1 (the logits were written).
         public readonly TaskCompletionSource<int> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
@@ -80,11 +82,11 @@ internal sealed class BatchScheduler : IDisposable
 
     /// <summary>
     /// Feeds one token to one sequence as part of the next batched step. Returns -1 with its logits (V)
-    /// in <paramref name="logits"/>, or, when <paramref name="greedy"/> and the backend computed it, the
-    /// argmax id (then <paramref name="logits"/> is left as it was).
+    /// in <paramref name="logits"/>, or, when a <paramref name="request"/> is given and the backend picked
+    /// the token itself, the token that sampling with it gives (then <paramref name="logits"/> is left as it was).
     /// </summary>
-    public Task<int> StepAsync(SequenceState state, int token, float[] logits, bool greedy = false) =>
-        Submit(new Work(state, new[] { token }, logits, greedy), prefill: false);
+    public Task<int> StepAsync(SequenceState state, int token, float[] logits, SampleRequest? request = null) =>
+        Submit(new Work(state, new[] { token }, logits, request), prefill: false);
 
     private Task<int> Submit(Work w, bool prefill)
     {
@@ -140,16 +142,17 @@ internal sealed class BatchScheduler : IDisposable
             {
                 _tokens = new int[B];
                 _ids = new int[B];
-                _greedy = new bool[B];
+                _requests = new SampleRequest?[B];
             }
             var states = new SequenceState[B];
             for (int i = 0; i < B; i++)
             {
                 states[i] = steps[i].State;
                 _tokens[i] = steps[i].Tokens.Span[0];
-                _greedy[i] = steps[i].Greedy;
+                _requests[i] = steps[i].Request;
             }
-            _backend.Step(_tokens.AsSpan(0, B), states, _greedy.AsSpan(0, B), _logits.AsSpan(0, B * V), _ids.AsSpan(0, B));
+            _backend.Step(_tokens.AsSpan(0, B), states, _requests.AsSpan(0, B), _logits.AsSpan(0, B * V), _ids.AsSpan(0, B));
+            _requests.AsSpan(0, B).Clear();   // no reference kept to a finished session's request
             MaxBatch = Math.Max(MaxBatch, B);
             StepCalls++;
             for (int i = 0; i < B; i++)

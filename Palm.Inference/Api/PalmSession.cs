@@ -33,6 +33,7 @@ public sealed class PalmSession : IDisposable
     private readonly PalmModel _model;
     private readonly SessionOptions _options;
     private readonly TokenSampler _sampler;
+    private readonly SampleRequest _request = new();
     private readonly float[] _logits;
     private SequenceState _state;
     private Rng _rng;
@@ -149,14 +150,16 @@ public sealed class PalmSession : IDisposable
             {
                 if (generated == o.MaxTokens) { reason = StopReason.MaxTokens; break; }
                 if (ct.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
+                // This token's uniform is drawn now, before the logits exist: the backend may sample
+                // on the GPU with it (only the id comes back), else the host samples with it below.
+                _request.Prepare(settings, _recent, _rng);
                 int next = -1;
                 if (_pending >= 0)
                 {
-                    // A plain argmax may be taken by the backend (on the GPU): only the id comes back.
-                    next = await scheduler.StepAsync(_state, _pending, _logits, TokenSampler.IsPlainArgmax(settings, _recent)).ConfigureAwait(false);
+                    next = await scheduler.StepAsync(_state, _pending, _logits, _request).ConfigureAwait(false);
                     _pending = -1;
                 }
-                if (next < 0) next = _sampler.Sample(_logits, settings, _recent, _rng);
+                if (next < 0) next = _sampler.Sample(_logits, settings, _recent, _request.Uniform);
                 generated++;
                 _recent.Add(next);
                 _pending = next;
@@ -319,6 +322,8 @@ public sealed class PalmSession : IDisposable
     }
 
     internal SequenceState StateForTests => _state;
+
+    internal ulong[] RngStateForTests => _rng.GetState();
 }
 
 /// <summary>An awaitable that continues on the thread pool (unless already there without a context).</summary>

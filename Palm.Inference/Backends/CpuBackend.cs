@@ -6,6 +6,7 @@
 using Palm.Inference.Cpu;
 using Palm.Inference.Cpu.Fast;
 using Palm.Inference.Model;
+using Palm.Inference.Sampling;
 
 namespace Palm.Inference.Backends;
 
@@ -33,11 +34,11 @@ internal sealed class CpuBackend(CpuWeights weights, string? reason = null) : II
         logits.AsSpan(0, V).CopyTo(lastLogits);
     }
 
-    // Logits for every row (greedy ones included: the session's host argmax is as cheap as any).
-    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids)
+    // Logits for every row (sampled ones included: the session's host sampler is as cheap as any).
+    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<SampleRequest?> requests, Span<float> logits, Span<int> ids)
     {
         int B = states.Count, V = Config.VocabSize;
-        IInferenceBackend.CheckStep(tokens, states, greedy, logits, ids, V);
+        IInferenceBackend.CheckStep(tokens, states, requests, logits, ids, V);
         if (!ids.IsEmpty) ids[..B].Fill(-1);
         if (B == 1)
         {

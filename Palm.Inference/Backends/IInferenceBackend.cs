@@ -3,6 +3,7 @@
 // A backend computes; it owns no sessions, no sampling and no threads. The scheduler calls it
 // from one thread at a time.
 using Palm.Inference.Model;
+using Palm.Inference.Sampling;
 
 namespace Palm.Inference.Backends;
 
@@ -38,21 +39,23 @@ internal interface IInferenceBackend : IDisposable
         Step(tokens, states, [], logits, []);
 
     /// <summary>
-    /// One decoding step for B sequences, as above, where greedy (B, or empty for none) marks the
-    /// rows whose caller needs only the argmax of the logits. For every row the backend writes
-    /// either ids[b] = that argmax (lowest index on ties; logits row b may be left unwritten) or
-    /// ids[b] = -1 and logits row b (V). A backend may always choose logits (the CPU does); ids
-    /// may be empty when greedy is.
+    /// One decoding step for B sequences, as above, where requests (B, or empty for none) holds,
+    /// for each row whose caller can take a token instead of the logits, what it would sample
+    /// with (null: the caller needs the logits). For every row the backend writes either
+    /// ids[b] = the token TokenSampler picks for requests[b] (the argmax, lowest index on ties,
+    /// when the request is the plain argmax; logits row b may be left unwritten) or ids[b] = -1
+    /// and logits row b (V). A backend may always choose logits (the CPU does); ids may be empty
+    /// when requests is.
     /// </summary>
-    void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids);
+    void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<SampleRequest?> requests, Span<float> logits, Span<int> ids);
 
-    /// <summary>The argument checks every <see cref="Step(ReadOnlySpan{int}, IReadOnlyList{SequenceState}, ReadOnlySpan{bool}, Span{float}, Span{int})"/> makes.</summary>
-    static void CheckStep(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids, int V)
+    /// <summary>The argument checks every <see cref="Step(ReadOnlySpan{int}, IReadOnlyList{SequenceState}, ReadOnlySpan{SampleRequest?}, Span{float}, Span{int})"/> makes.</summary>
+    static void CheckStep(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<SampleRequest?> requests, Span<float> logits, Span<int> ids, int V)
     {
         int B = states.Count;
         if (tokens.Length != B) throw new ArgumentException($"expected {B} tokens, got {tokens.Length}", nameof(tokens));
         if (logits.Length < B * V) throw new ArgumentException($"logits must hold B*V = {B * V} floats", nameof(logits));
-        if (!greedy.IsEmpty && greedy.Length != B) throw new ArgumentException($"greedy must hold B = {B} flags or none", nameof(greedy));
-        if (ids.Length < (greedy.IsEmpty ? 0 : B)) throw new ArgumentException($"ids must hold B = {B} ids when greedy rows are marked", nameof(ids));
+        if (!requests.IsEmpty && requests.Length != B) throw new ArgumentException($"requests must hold B = {B} entries or none", nameof(requests));
+        if (ids.Length < (requests.IsEmpty ? 0 : B)) throw new ArgumentException($"ids must hold B = {B} ids when requests are given", nameof(ids));
     }
 }

@@ -3,16 +3,22 @@
 // gets a slot the first time this backend sees it and is uploaded only then, or after the host
 // overwrote it (restore, fork, rollback); steps never move states over the bus. One step is one
 // submission for all its sessions, whatever their positions (the AoD kernel reads per-row RoPE
-// tables and slot indices). Rows that sample greedily get only their argmax id back; the others
-// get their logits. Calls come from the scheduler's thread; Pull (a session reading its state)
-// may come from any thread, so a lock orders device work. Slots freed by sessions (from any
-// thread, finalizers included) go through a lock-free queue and are reused at the next step.
+// tables and slot indices). Rows that sample greedily get only their argmax id back; rows that
+// sample otherwise run the session's whole sampling chain on the GPU in the same submission
+// (shaders/sample.comp, with the uniform the session drew) and get only their id back too;
+// rows whose caller wants logits, and every sampled row when VulkanOptions.HostSampling says so
+// (by default: when the device is the CPU), get their logits. Calls come from the scheduler's
+// thread; Pull (a session reading its state) may come from any thread, so a lock orders device
+// work. Slots freed by sessions (from any thread, finalizers included) go through a lock-free
+// queue and are reused at the next step.
 using System.Collections.Concurrent;
 using Palm.Gpu;
+using Palm.Gpu.Kernels;
 using Palm.Gpu.Model;
 using Palm.Gpu.Vulkan;
 using Palm.Inference.Cpu;
 using Palm.Inference.Model;
+using Palm.Inference.Sampling;
 
 namespace Palm.Inference.Backends;
 
@@ -27,10 +33,12 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
     private int _nextSlot;
     private bool _disposed;
     // Step scratch, reused: rows reordered so that the rows wanting logits come first and their
-    // logits download as one contiguous block.
+    // logits download as one contiguous block, then the rows sampled on the GPU, then the argmax ones.
     private int[] _order = [], _tokens = [], _slots = [], _ids = [];
     private long[] _positions = [];
     private float[] _logits = [];
+    private Sample.SampleRow[] _sampleRows = [];
+    private Sample.SamplePair[] _samplePairs = [];
 
     private const int FirstCapacity = 8;
 
@@ -41,6 +49,9 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
         Config = config;
         WeightBytes = weightBytes;
         Description = $"vulkan on {ctx.Capabilities.DeviceName} ({ctx.Capabilities.DeviceType})";
+        // On a CPU device the logits cost no bus transfer and the host's sampler is faster than the
+        // kernel run by the same cores (docs/performance.md, `gpu-sample`).
+        HostSampling = ctx.Options.HostSampling ?? ctx.Capabilities.DeviceType == "Cpu";
     }
 
     /// <summary>Creates a Vulkan context and uploads the weights.</summary>
@@ -121,10 +132,18 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
     public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, Span<float> logits) =>
         Step(tokens, states, [], logits, []);
 
-    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<bool> greedy, Span<float> logits, Span<int> ids)
+    /// <summary>Sampled rows get their logits and the session samples on the host (VulkanOptions.HostSampling, PALM_VK_HOST_SAMPLING).</summary>
+    internal bool HostSampling { get; }
+
+    private enum RowOut { Logits, Sampled, Argmax }
+
+    private RowOut Want(SampleRequest? r) =>
+        r is null ? RowOut.Logits : r.PlainArgmax ? RowOut.Argmax : HostSampling ? RowOut.Logits : RowOut.Sampled;
+
+    public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<SampleRequest?> requests, Span<float> logits, Span<int> ids)
     {
         int B = states.Count, V = Config.VocabSize;
-        IInferenceBackend.CheckStep(tokens, states, greedy, logits, ids, V);
+        IInferenceBackend.CheckStep(tokens, states, requests, logits, ids, V);
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -140,22 +159,28 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
                 _ids = new int[B];
                 _positions = new long[B];
             }
-            // Logit rows first (in batch order), then the greedy ones.
+            // Logit rows first (in batch order), then the sampled ones, then the argmax ones.
             int n = 0;
-            for (int b = 0; b < B; b++) if (greedy.IsEmpty || !greedy[b]) _order[n++] = b;
-            int withLogits = n;
-            for (int b = 0; b < B; b++) if (!greedy.IsEmpty && greedy[b]) _order[n++] = b;
+            foreach (var want in (ReadOnlySpan<RowOut>)[RowOut.Logits, RowOut.Sampled, RowOut.Argmax])
+                for (int b = 0; b < B; b++)
+                    if (Want(requests.IsEmpty ? null : requests[b]) == want) _order[n++] = b;
+            int withLogits = 0, sampled = 0;
             for (int r = 0; r < B; r++)
             {
                 var s = states[_order[r]];
                 _tokens[r] = tokens[_order[r]];
                 _slots[r] = s.Slot;
                 _positions[r] = s.Position;
+                var want = Want(requests.IsEmpty ? null : requests[_order[r]]);
+                if (want == RowOut.Logits) withLogits++;
+                else if (want == RowOut.Sampled) sampled++;
             }
+            int pairs = sampled == 0 ? 0 : FillSampling(requests, withLogits, sampled);
             if (_logits.Length < withLogits * V) _logits = new float[withLogits * V];
-            bool anyGreedy = withLogits < B;
+            bool anyIds = withLogits < B;
             _forward.Step(_tokens.AsSpan(0, B), _slots.AsSpan(0, B), _positions.AsSpan(0, B), _pool!,
-                _logits.AsSpan(0, withLogits * V), anyGreedy ? _ids.AsSpan(0, B) : []);
+                _logits.AsSpan(0, withLogits * V), anyIds ? _ids.AsSpan(0, B) : [],
+                withLogits, _sampleRows.AsSpan(0, sampled), _samplePairs.AsSpan(0, pairs));
             for (int r = 0; r < B; r++)
             {
                 int b = _order[r];
@@ -168,6 +193,28 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
                 else ids[b] = _ids[r];
             }
         }
+    }
+
+    // The kernel's rows and (id, value) pairs of the sampled rows [first, first + count) of the
+    // order: each row's window counts, then its bias. Returns the number of pairs.
+    private int FillSampling(ReadOnlySpan<SampleRequest?> requests, int first, int count)
+    {
+        if (_sampleRows.Length < count) _sampleRows = new Sample.SampleRow[Math.Max(count, 2 * _sampleRows.Length)];
+        int pairs = 0;
+        for (int i = 0; i < count; i++)
+        {
+            var q = requests[_order[first + i]]!;
+            int need = pairs + q.PenaltyPairs + q.BiasPairs;
+            if (_samplePairs.Length < need) Array.Resize(ref _samplePairs, Math.Max(need, 2 * _samplePairs.Length));
+            int penaltyStart = pairs;
+            for (int j = 0; j < q.PenaltyPairs; j++) _samplePairs[pairs++] = new(q.PenaltyIds[j], q.PenaltyCounts[j]);
+            int biasStart = pairs;
+            for (int j = 0; j < q.BiasPairs; j++) _samplePairs[pairs++] = new(q.BiasIds[j], q.BiasValues[j]);
+            var s = q.Settings;
+            _sampleRows[i] = Sample.Row(s.Temperature, s.TopK, s.TopP, s.MinP, s.RepetitionPenalty, s.PresencePenalty, s.FrequencyPenalty,
+                q.Uniform, penaltyStart, q.PenaltyPairs, biasStart, q.BiasPairs);
+        }
+        return pairs;
     }
 
     // Gives the state a slot on first sight and uploads it when the host copy is newer.

@@ -1,6 +1,10 @@
 // The full sampling chain of a session, in llama.cpp's order: logit bias, penalties over the
 // recent-token window, then greedy (temperature 0) or temperature -> top-k -> top-p -> min-p ->
 // draw. Buffers are owned and reused, so a generated token allocates nothing here.
+// The Vulkan backend runs the same chain on the GPU (shaders/sample.comp, whose CPU reference
+// Palm.Gpu.Kernels.Sample.Reference must pick what this picks): so every definition here is one
+// a kernel can reproduce without a sort, and the order of tokens is total (logit descending,
+// ties by ascending id).
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Sampling;
@@ -14,22 +18,43 @@ internal readonly record struct SamplingSettings(
 internal sealed class TokenSampler(int vocabSize)
 {
     private readonly float[] _work = new float[vocabSize];
-    private readonly float[] _keys = new float[vocabSize];
+    private readonly ulong[] _keys = new ulong[vocabSize];
     private readonly int[] _order = new int[vocabSize];
     private readonly double[] _probs = new double[vocabSize];
     private readonly int[] _counts = new int[vocabSize];
 
     /// <summary>
-    /// True when <see cref="Sample"/> would return the plain argmax of the logits: temperature 0
-    /// with no logit bias and no penalty that applies (none set, or an empty window). A backend
-    /// may then compute the argmax itself and send back only the id.
+    /// True when <see cref="Sample(ReadOnlySpan{float}, in SamplingSettings, RecentTokens, double)"/>
+    /// would return the plain argmax of the logits: temperature 0 with no logit bias and no penalty
+    /// that applies (none set, or an empty window). A backend may then compute the argmax itself
+    /// and send back only the id.
     /// </summary>
     public static bool IsPlainArgmax(in SamplingSettings s, RecentTokens recent) =>
         s.Temperature <= 0 && (s.LogitBias is null || s.LogitBias.Count == 0) &&
         (recent.Count == 0 || (s.RepetitionPenalty == 1f && s.PresencePenalty == 0f && s.FrequencyPenalty == 0f));
 
-    /// <summary>Picks the next token from <paramref name="logits"/> (V); draws from <paramref name="rng"/> unless greedy.</summary>
-    public int Sample(ReadOnlySpan<float> logits, in SamplingSettings s, RecentTokens recent, Rng rng)
+    /// <summary>
+    /// A logit's place in the order, ascending with the value (its bits, sign-flipped so that
+    /// unsigned comparison orders them); -0 equals +0. NaN logits have no defined place.
+    /// </summary>
+    public static uint OrderKey(float x)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(x);
+        if ((u & 0x7fffffffu) == 0) u = 0;
+        return (u & 0x80000000u) != 0 ? ~u : u | 0x80000000u;
+    }
+
+    /// <summary>Picks the next token from <paramref name="logits"/> (V); draws one uniform from <paramref name="rng"/> unless greedy.</summary>
+    public int Sample(ReadOnlySpan<float> logits, in SamplingSettings s, RecentTokens recent, Rng rng) =>
+        Sample(logits, s, recent, s.Temperature <= 0 ? 0 : rng.NextDouble());
+
+    /// <summary>
+    /// Picks the next token from <paramref name="logits"/> (V) with <paramref name="uniform"/> in
+    /// [0, 1) as the draw (ignored when greedy). A non-greedy token takes exactly one uniform, so
+    /// a caller may draw it before the logits exist (to sample on the GPU) and keep the session's
+    /// RNG sequence the same whichever side samples.
+    /// </summary>
+    public int Sample(ReadOnlySpan<float> logits, in SamplingSettings s, RecentTokens recent, double uniform)
     {
         int V = _work.Length;
         if (logits.Length != V) throw new ArgumentException($"expected {V} logits, got {logits.Length}", nameof(logits));
@@ -48,8 +73,9 @@ internal sealed class TokenSampler(int vocabSize)
                 int c = _counts[id];
                 if (c == 0) continue; // already applied for this id
                 // CTRL-style repetition penalty: shrink positive logits, push negative ones further.
+                // By the float reciprocal: a GPU's division is not correctly rounded, its product is.
                 float x = l[id];
-                x = x > 0 ? x / s.RepetitionPenalty : x * s.RepetitionPenalty;
+                x = x > 0 ? x * (1f / s.RepetitionPenalty) : x * s.RepetitionPenalty;
                 x -= s.PresencePenalty + s.FrequencyPenalty * c;
                 l[id] = x;
                 _counts[id] = 0;
@@ -58,9 +84,11 @@ internal sealed class TokenSampler(int vocabSize)
 
         if (s.Temperature <= 0) return Sampler.ArgMax(l);
 
-        // Sort descending by logit. Array.Sort is deterministic, so equal logits give equal draws.
-        for (int i = 0; i < V; i++) { _order[i] = i; _keys[i] = -l[i]; }
-        Array.Sort(_keys, _order);
+        // Sort by logit descending, ties by ascending id: one 64-bit key per token, (complemented
+        // order key of the logit, id), so the order is total and a kernel can find it without sorting.
+        for (int i = 0; i < V; i++) _keys[i] = (ulong)~OrderKey(l[i]) << 32 | (uint)i;
+        Array.Sort(_keys);
+        for (int i = 0; i < V; i++) _order[i] = (int)(uint)_keys[i];
         int k = s.TopK > 0 ? Math.Min(s.TopK, V) : V;
         double max = l[_order[0]], sum = 0;
         for (int i = 0; i < k; i++) { _probs[i] = Math.Exp((l[_order[i]] - max) / s.Temperature); sum += _probs[i]; }
@@ -83,7 +111,7 @@ internal sealed class TokenSampler(int vocabSize)
         }
         double total = 0;
         for (int i = 0; i < keep; i++) total += _probs[i];
-        double r = rng.NextDouble() * total;
+        double r = uniform * total;
         for (int i = 0; i < keep; i++) { r -= _probs[i]; if (r < 0) return _order[i]; }
         return _order[keep - 1];
     }

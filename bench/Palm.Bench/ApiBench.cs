@@ -3,7 +3,9 @@
 // On Vulkan it also reports GPU time per generated token from timestamp queries (the sum of the
 // kernels' GPU times, KernelProfiler), beside wall time per token: the gap is host work,
 // submission and synchronisation. Profiling stays on for the whole Vulkan row (timestamp writes
-// cost some wall time); --no-gpu-time measures the wall time without them.
+// cost some wall time); --no-gpu-time measures the wall time without them. On Vulkan a second
+// table compares sampled sessions (temperature 0.8, top-p 0.9) sampled on the GPU (only ids come
+// back) against the same sessions sampled on the host from downloaded logits (HostSampling).
 using System.Diagnostics;
 using Palm.Gpu.Vulkan;
 using Palm.Inference;
@@ -15,10 +17,10 @@ namespace Palm.Bench;
 
 public static class ApiBench
 {
-    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32] [--no-gpu-time] [--no-peer]</c>.</summary>
+    /// <summary>Usage: <c>api [--backend cpu|vulkan] [--tokens 256] [--sessions 32] [--no-gpu-time] [--sampling-only] [--no-peer]</c>.</summary>
     public static int Run(string[] args)
     {
-        var backend = Backend.Cpu; int tokens = 256, sessions = 32; bool gpuTime = true, peer = true;
+        var backend = Backend.Cpu; int tokens = 256, sessions = 32; bool gpuTime = true, samplingOnly = false, peer = true;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -28,6 +30,7 @@ public static class ApiBench
                 case "--sessions" when i + 1 < args.Length: sessions = int.Parse(args[++i]); break;
                 case "--no-gpu-time": gpuTime = false; break;
                 case "--no-peer": peer = false; break;
+                case "--sampling-only": samplingOnly = true; break;
                 default: Console.Error.WriteLine($"api bench: unknown argument '{args[i]}'"); return 2;
             }
         }
@@ -38,16 +41,28 @@ public static class ApiBench
         p.InitTraining(new Rng(11));
         string small = Path.Combine(Path.GetTempPath(), $"palm-bench-small-{Environment.ProcessId}.palm");
         PalmCheckpoint.FromParameters(p, ck.Tokenizer).Save(small);
-        Console.WriteLine($"| model | backend | load ms | TTFT ms (32-token prompt) | decode tok/s, 1 session | wall ms/token, 1 session | GPU ms/token, 1 session | decode tok/s, {sessions} sessions (sum) | GPU ms/token, {sessions} sessions |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
-        double smallDecode;
+        double smallDecode = double.NaN;
         try
         {
-            Measure("built-in palm-kjv", builtin, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
-            smallDecode = Measure("small (random)", small, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
+            if (!samplingOnly)
+            {
+                Console.WriteLine($"| model | backend | load ms | TTFT ms (32-token prompt) | decode tok/s, 1 session | wall ms/token, 1 session | GPU ms/token, 1 session | decode tok/s, {sessions} sessions (sum) | GPU ms/token, {sessions} sessions |");
+                Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
+                Measure("built-in palm-kjv", builtin, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
+                smallDecode = Measure("small (random)", small, backend, tokens, sessions, gpuTime).GetAwaiter().GetResult();
+            }
+            if (backend == Backend.Vulkan)
+            {
+                Console.WriteLine();
+                Console.WriteLine($"| model | sampling (T 0.8, top-p 0.9) | wall ms/token, 1 session | bytes read/token, 1 | bytes written/token, 1 | decode tok/s, {sessions} sessions (sum) | bytes read/token, {sessions} |");
+                Console.WriteLine("|---|---|---|---|---|---|---|");
+                foreach (var (name, path) in new[] { ("built-in palm-kjv", builtin), ("small (random)", small) })
+                    foreach (var host in new[] { false, true })
+                        MeasureSampling(name, path, host, tokens, sessions).GetAwaiter().GetResult();
+            }
         }
         finally { File.Delete(small); }
-        if (peer)
+        if (peer && !double.IsNaN(smallDecode))
         {
             // The issue's yardstick, in the same run: PyTorch's batch-1 decode of the same preset
             // (recurrent, and the upstream full-recompute way), against our API's 1-session decode.
@@ -56,6 +71,44 @@ public static class ApiBench
                                   (r.What == "decode" ? $"; API 1-session decode of `small` above = {smallDecode / r.TokensPerSecond:F2}x" : ""));
         }
         return 0;
+    }
+
+    // Wall time and bus traffic per generated token of sampled sessions, sampled on the GPU or
+    // (hostSampling) on the host. Bytes include the prompt's prefill (its last logits come back).
+    private static async Task MeasureSampling(string name, string path, bool hostSampling, int tokens, int sessions)
+    {
+        var ck = PalmCheckpoint.Load(path);
+        var parameters = ck.ToParameters();
+        var vk = VulkanBackend.Create(parameters, VulkanOptions.FromEnvironment() with { HostSampling = hostSampling });
+        using var model = PalmModel.Create(parameters, ck.Tokenizer!.ToTokenizer(), vk);
+        var bus = vk.Context.Transfers;
+        var noEot = new Dictionary<int, float> { [model.Tokenizer.EotId] = float.NegativeInfinity };
+        for (int id = model.Tokenizer.VocabSize; id < model.Config.VocabSize; id++) noEot[id] = float.NegativeInfinity;
+        string prompt = string.Join(' ', Enumerable.Repeat("And God said unto Moses,", 6));
+        var opts = new GenerationOptions { Temperature = 0.8f, TopP = 0.9f, MaxTokens = tokens, LogitBias = noEot };
+        async Task<(double Seconds, int Tokens)> One(ulong seed)
+        {
+            using var s = model.CreateSession(new SessionOptions { Seed = seed });
+            var t = Stopwatch.StartNew();
+            await foreach (var _ in s.GenerateAsync(prompt, opts)) { }
+            return (t.Elapsed.TotalSeconds, s.LastResult!.GeneratedTokens);
+        }
+        await One(1);                                   // warm-up (pipelines compile at first use)
+        var runs = new List<(double Seconds, int Tokens, long Read, long Written)>();
+        for (int r = 0; r < 3; r++)
+        {
+            long r0 = bus.BytesRead, w0 = bus.BytesWritten;
+            var (sec, n) = await One((ulong)r + 2);
+            runs.Add((sec, n, bus.BytesRead - r0, bus.BytesWritten - w0));
+        }
+        var med = runs.OrderBy(x => x.Seconds).ElementAt(1);
+        long read0 = bus.BytesRead;
+        var sw = Stopwatch.StartNew();
+        var all = await Task.WhenAll(Enumerable.Range(0, sessions).Select(i => One((ulong)i + 10)));
+        double seconds = sw.Elapsed.TotalSeconds;
+        int made = all.Sum(a => a.Tokens);
+        Console.WriteLine($"| {name} | {(hostSampling ? "host (logits come back)" : "GPU (ids come back)")} | {1000 * med.Seconds / med.Tokens:F2} | " +
+                          $"{(double)med.Read / med.Tokens:F0} | {(double)med.Written / med.Tokens:F0} | {made / seconds:F0} | {(double)(bus.BytesRead - read0) / made:F0} |");
     }
 
     private static async Task<double> Measure(string name, string path, Backend backend, int tokens, int sessions, bool gpuTime)

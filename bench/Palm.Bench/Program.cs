@@ -14,6 +14,7 @@ return which switch
     "gpu-train" => GpuBench.Train(rest),
     "api" => ApiBench.Run(rest),
     "quant" => QuantBench.Run(rest),
+    "gpu-sample" => SampleBench.Run(rest),
     _ => Usage(),
 };
 

@@ -5,6 +5,7 @@
 // ObjectDisposedException.
 using Palm.Inference;
 using Palm.Inference.Backends;
+using Palm.Inference.Sampling;
 using Palm.Tests.Gpu;
 using Xunit.Abstractions;
 
@@ -14,10 +15,19 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
 {
     private static readonly TinyModel M = TinyModel.Shared;
 
-    private static (PalmModel Model, VulkanBackend Backend) Load()
+    private static (PalmModel Model, VulkanBackend Backend) Load(bool hostSampling = false)
     {
-        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions"));
+        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions") with { HostSampling = hostSampling });
         return (PalmModel.Create(M.Parameters, M.Tokenizer, backend), backend);
+    }
+
+    /// <summary>A session's request for options (its uniform drawn from a fixed RNG) over an empty window.</summary>
+    private static SampleRequest Request(GenerationOptions o, RecentTokens? recent = null, ulong seed = 1)
+    {
+        var q = new SampleRequest();
+        q.Prepare(new SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP, o.RepetitionPenalty, o.PresencePenalty, o.FrequencyPenalty, o.LogitBias),
+            recent ?? new RecentTokens(0), new Palm.Inference.Model.Rng(seed));
+        return q;
     }
 
     private static int StateBytes => SequenceState.FloatCount(M.Parameters.Config) * sizeof(float);
@@ -195,12 +205,14 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
         var all = new float[B * V];
         var ids = new int[B];
         var tok = new[] { 5, 6, 7 };
+        var greedy = Request(new GenerationOptions { Temperature = 0 });
+        Assert.True(greedy.PlainArgmax);
         for (int step = 0; step < 4; step++)
         {
             Array.Fill(logits, float.NaN);
             long r0 = t.BytesRead;
             // Rows 0 and 2 greedy, row 1 wants its logits.
-            backend.Step(tok, greedyStates, [true, false, true], logits, ids);
+            backend.Step(tok, greedyStates, [greedy, null, greedy], logits, ids);
             // Down: one logits row and the ids (the argmax runs for the whole batch).
             Assert.Equal(V * 4 + B * 4, t.BytesRead - r0);
             backend.Step(tok, logitStates, all);
@@ -227,23 +239,128 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
             int V = M.Parameters.Config.VocabSize;
             var t = backend.Context.Transfers;
             var plain = new GenerationOptions { Temperature = 0, MaxTokens = 30 };
-            // A zero bias changes no logit but makes the session sample on the host from its logits.
-            var onHost = plain with { LogitBias = new Dictionary<int, float> { [0] = 0f } };
             using var a = model.CreateSession();
             long r0 = t.BytesRead, s0 = model.Scheduler.StepCalls;
             var ta = await SessionTests.Collect(a, "In the beginning", plain);
             long readA = t.BytesRead - r0, stepsA = model.Scheduler.StepCalls - s0;
-            using var b = model.CreateSession();
-            r0 = t.BytesRead;
-            s0 = model.Scheduler.StepCalls;
+            // A backend that samples on the host: the session takes the argmax of the logits it gets back.
+            var (hostModel, hostBackend) = Load(hostSampling: true);
+            using var _ = hostModel;
+            using var b = hostModel.CreateSession();
+            // A zero bias changes no logit but keeps the row off the argmax kernel.
+            var onHost = plain with { LogitBias = new Dictionary<int, float> { [0] = 0f } };
+            var th = hostBackend.Context.Transfers;
+            r0 = th.BytesRead;
+            s0 = hostModel.Scheduler.StepCalls;
             var tb = await SessionTests.Collect(b, "In the beginning", onHost);
-            long readB = t.BytesRead - r0, stepsB = model.Scheduler.StepCalls - s0;
+            long readB = th.BytesRead - r0, stepsB = hostModel.Scheduler.StepCalls - s0;
             output.WriteLine($"{stepsA} greedy steps read {readA} bytes; {stepsB} host-sampled steps read {readB} bytes");
             Assert.Equal(tb, ta);
             Assert.Equal(stepsB, stepsA);
             // The prompt's last logits, then 4 bytes per generated token; against a logits row per token.
             Assert.Equal(V * 4 + stepsA * 4, readA);
             Assert.Equal(V * 4 + stepsB * V * 4, readB);
+        }
+    }
+
+    [VulkanFact]
+    public void Sampled_rows_get_only_their_id_back_and_the_token_the_chain_picks()
+    {
+        using var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-sessions") with { HostSampling = false });
+        int V = M.Parameters.Config.VocabSize, B = 3;
+        var sampledStates = Enumerable.Range(0, B).Select(_ => backend.CreateState()).ToArray();
+        var logitStates = Enumerable.Range(0, B).Select(_ => backend.CreateState()).ToArray();
+        var last = new float[V];
+        for (int b = 0; b < B; b++)
+        {
+            var prompt = Enumerable.Range(3, 2 + 3 * b).ToArray();
+            backend.Prefill(prompt, sampledStates[b], last);
+            backend.Prefill(prompt, logitStates[b], last);
+        }
+        var window = new RecentTokens(16);
+        window.AddRange([5, 6, 6, 7, 9, 9, 9]);
+        var nucleus = new GenerationOptions { Temperature = 0.8f, TopK = 0, TopP = 0.9f };
+        var everything = new GenerationOptions
+        {
+            Temperature = 1.1f, TopK = 12, MinP = 0.02f, RepetitionPenalty = 1.3f, PresencePenalty = 0.4f, FrequencyPenalty = 0.1f, LogitBias = M.AsciiOnly,
+        };
+        var t = backend.Context.Transfers;
+        var logits = new float[B * V];
+        var all = new float[B * V];
+        var ids = new int[B];
+        var tok = new[] { 5, 6, 7 };
+        ulong seed = TestSeed.Next();
+        var sampler = new TokenSampler(V);
+        for (int step = 0; step < 6; step++)
+        {
+            var requests = new[] { Request(nucleus, window, seed + (ulong)step), null, Request(everything, window, seed + 100 + (ulong)step) };
+            Array.Fill(logits, float.NaN);
+            long r0 = t.BytesRead;
+            backend.Step(tok, sampledStates, requests, logits, ids);
+            // Down: row 1's logits and the ids; nothing of the sampled rows but their id.
+            Assert.Equal(V * 4 + B * 4, t.BytesRead - r0);
+            backend.Step(tok, logitStates, all);
+            Assert.Equal(-1, ids[1]);
+            Numerics.AssertClose(logits.AsSpan(V, V), all.AsSpan(V, V), 0, 0, $"step {step}: the logits row of a mixed batch");
+            foreach (var b in new[] { 0, 2 })
+            {
+                var q = requests[b]!;
+                Assert.True(float.IsNaN(logits[b * V]), $"step {step}: sampled row {b} had its logits copied back");
+                // Same device, same inputs: what the host chain picks from the logits the other batch brought back,
+                // unless float32 rounding puts a boundary within reach (SampleKernelTests).
+                int want = sampler.Sample(all.AsSpan(b * V, V), q.Settings, window, q.Uniform);
+                if (ids[b] != want)
+                {
+                    var (row, pairs) = SampleKernelTests.Inputs(q, q.Uniform);
+                    var near = SampleKernelTests.Candidates(all.AsSpan(b * V, V), row, pairs);
+                    Assert.True(near.Contains(ids[b]), $"step {step} row {b}: GPU sampled {ids[b]}, the host chain {want}, within rounding {{{string.Join(", ", near)}}} (seed {seed})");
+                    output.WriteLine($"step {step} row {b}: GPU {ids[b]}, host {want}: within rounding of a boundary");
+                }
+                window.Add(ids[b]);
+            }
+            tok = [ids[0], 9, ids[2]];
+        }
+        Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
+    }
+
+    [VulkanFact]
+    public async Task Sampled_generation_reads_back_one_id_per_token_and_advances_the_rng_as_host_sampling()
+    {
+        var (model, backend) = Load();
+        var (hostModel, hostBackend) = Load(hostSampling: true);
+        using (model)
+        using (hostModel)
+        {
+            int V = M.Parameters.Config.VocabSize;
+            // End-of-text banned: both runs make exactly MaxTokens tokens, so both RNGs must have taken as many draws.
+            var o = new GenerationOptions
+            {
+                Temperature = 0.8f, TopP = 0.9f, MaxTokens = 30, Seed = TestSeed.Next(), RepetitionPenalty = 1.1f,
+                LogitBias = new Dictionary<int, float> { [M.Tokenizer.EotId] = float.NegativeInfinity },
+            };
+            async Task<(string Text, long Read, long Steps, ulong[] Rng)> Run(PalmModel m, VulkanBackend vk)
+            {
+                using var s = m.CreateSession();
+                long r0 = vk.Context.Transfers.BytesRead, s0 = m.Scheduler.StepCalls;
+                var text = await SessionTests.Collect(s, "In the beginning", o);
+                Assert.Equal(o.MaxTokens, s.LastResult!.GeneratedTokens);
+                return (text, vk.Context.Transfers.BytesRead - r0, m.Scheduler.StepCalls - s0, s.RngStateForTests);
+            }
+            var gpu = await Run(model, backend);
+            var again = await Run(model, backend);
+            var host = await Run(hostModel, hostBackend);
+            output.WriteLine($"GPU sampling: {gpu.Steps} steps read {gpu.Read} bytes; host sampling: {host.Steps} steps read {host.Read} bytes");
+            output.WriteLine($"same text on both sides: {gpu.Text == host.Text} (may differ only within float32 rounding of a boundary)");
+            // The prompt's last logits, then 4 bytes per generated token; against a logits row per token.
+            Assert.Equal(V * 4 + gpu.Steps * 4, gpu.Read);
+            Assert.Equal(V * 4 + host.Steps * V * 4, host.Read);
+            Assert.Equal(o.MaxTokens - 1, gpu.Steps);   // the first token comes from the prompt's logits
+            // Same seed, same device: the same text.
+            Assert.Equal(gpu.Text, again.Text);
+            // One uniform per token on either side: the session's RNG (saved state) ends where the host path's does.
+            Assert.Equal(host.Rng, gpu.Rng);
+            Validation.AssertClean(backend.Context, nameof(VulkanSessionTests));
+            Validation.AssertClean(hostBackend.Context, nameof(VulkanSessionTests));
         }
     }
 
@@ -255,7 +372,7 @@ public sealed class VulkanSessionTests(ITestOutputHelper output)
     public async Task Staged_memory_and_a_growing_pool_keep_sessions_exact()
     {
         const int N = 10;   // past the first pool capacity (8): the pool grows by a device copy
-        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-staging") with { ForceStaging = true });
+        var backend = VulkanBackend.Create(M.Parameters, VulkanFixture.Options("api-staging") with { ForceStaging = true, HostSampling = false });
         using var model = PalmModel.Create(M.Parameters, M.Tokenizer, backend);
         var o = new GenerationOptions { Temperature = 0.8f, MaxTokens = 10, Seed = 5 };
         var prompts = Enumerable.Range(0, N).Select(i => string.Join(' ', TinyModel.Corpus.Split(' ').Take(1 + i))).ToArray();

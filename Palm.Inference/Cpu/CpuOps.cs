@@ -374,7 +374,13 @@ internal static class CpuOps
                     var d = grad ? new Span<float>((float*)id + (long)i * v, v) : default;
                     if (t == -1) { if (grad) d.Clear(); return buf; }
                     var tmp = buf.AsSpan(0, v);
-                    perRow[i] = RowCrossEntropy(z, t, buf, out double sum);
+                    // Max-shifted exponentials, summed in double blocks, as a log-sum-exp.
+                    float max = TensorPrimitives.Max(z);
+                    TensorPrimitives.Subtract(z, max, tmp);
+                    ExpOfNonPositive(tmp, tmp, buf.AsSpan(v, v));
+                    double sum = 0;
+                    for (int j = 0; j < v; j += 256) sum += TensorPrimitives.Sum(tmp.Slice(j, Math.Min(256, v - j)));
+                    perRow[i] = max + Math.Log(sum) - z[t];
                     if (grad)
                     {
                         TensorPrimitives.Multiply(tmp, (float)(1.0 / (sum * cnt)), d);
@@ -388,22 +394,5 @@ internal static class CpuOps
         double total = 0;
         foreach (var r in perRow) total += r;
         return total / count;
-    }
-
-    /// <summary>
-    /// −log softmax(z)[t] for one row: max-shifted exponentials (left in scratch[0..V)), summed in
-    /// double blocks of 256, as a log-sum-exp. <paramref name="scratch"/> holds at least 2V floats;
-    /// <paramref name="sum"/> is the sum of the shifted exponentials (the gradient's denominator).
-    /// </summary>
-    public static double RowCrossEntropy(ReadOnlySpan<float> z, int t, Span<float> scratch, out double sum)
-    {
-        int v = z.Length;
-        var tmp = scratch[..v];
-        float max = TensorPrimitives.Max(z);
-        TensorPrimitives.Subtract(z, max, tmp);
-        ExpOfNonPositive(tmp, tmp, scratch.Slice(v, v));
-        sum = 0;
-        for (int j = 0; j < v; j += 256) sum += TensorPrimitives.Sum(tmp.Slice(j, Math.Min(256, v - j)));
-        return max + Math.Log(sum) - z[t];
     }
 }

@@ -98,19 +98,6 @@ internal sealed class CpuMatrix
         else QuantizedMatVec.MatMul(QuantizedMatVec.Best, _q!, x[..(m * Cols)], m, Rows, Cols, y[..(m * Rows)], parallel: true, rowsPerBlock: 0, accumulate);
     }
 
-    /// <summary>As <see cref="MatMul"/> on the calling thread only (for callers that already run blocks in parallel).</summary>
-    public unsafe void MatMulSerial(ReadOnlySpan<float> x, int m, Span<float> y)
-    {
-        if (x.Length < (long)m * Cols || y.Length < (long)m * Rows) throw new ArgumentException($"matmul: x {x.Length} < {m}x{Cols} or y {y.Length} < {m}x{Rows}");
-        if (_f32 is { } w && Gemm.Supported && m >= 4)
-        {
-            fixed (float* px = x) fixed (float* pw = w) fixed (float* py = y)
-                Gemm.MatMulABt(px, pw, py, m, Rows, Cols, acc: false, parallel: false);
-        }
-        else if (_f32 is not null) for (int i = 0; i < m; i++) MatVec(x.Slice(i * Cols, Cols), y.Slice(i * Rows, Rows));
-        else QuantizedMatVec.MatMul(QuantizedMatVec.Best, _q!, x[..(m * Cols)], m, Rows, Cols, y[..(m * Rows)], parallel: false, rowsPerBlock: 0);
-    }
-
     /// <summary>
     /// Row <paramref name="row"/> of W (an embedding gather): a view of the float32 data, or the row
     /// decoded exactly (level · scale per element) into <paramref name="scratch"/> (at least Cols floats).

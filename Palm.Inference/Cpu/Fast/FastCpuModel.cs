@@ -100,38 +100,11 @@ internal sealed unsafe class FastCpuModel
     public float[] Forward(ReadOnlySpan<int> tokens, int batch, int t, AodStateSet? state = null, bool taped = false, bool lastOnly = false)
     {
         var c = Config;
-        CheckInputs(tokens, batch, t, state);
-        var x = Body(tokens, batch, t, state, taped);
-        var ws = _ws!;
-        var tp = ws.Tape;
-        int rows = batch * t, C = c.NEmbd;
-        if (lastOnly)
-        {
-            // Only each sequence's last row goes through the final norm and the unembedding.
-            for (int b = 0; b < batch; b++)
-                CpuOps.RmsNormRows(x.AsSpan(((b + 1) * t - 1) * C, C), 1, C, tp.XF.AsSpan(b * C, C), tp.XFInv.AsSpan(b, 1));
-            Linear(Weights.Unembed, tp.XF, batch, ws.Logits, tp.Unembed, relu2: false);
-            return ws.Logits;
-        }
-        RmsNorm(x, rows, C, tp.XF, tp.XFInv);
-        Linear(Weights.Unembed, tp.XF, rows, ws.Logits, tp.Unembed, relu2: false);
-        return ws.Logits;
-    }
-
-    private void CheckInputs(ReadOnlySpan<int> tokens, int batch, int t, AodStateSet? state)
-    {
         if (batch <= 0 || t <= 0) throw new ArgumentOutOfRangeException(nameof(t), $"batch ({batch}) and T ({t}) must be > 0");
         if (tokens.Length != batch * t) throw new ArgumentException($"tokens holds {tokens.Length} ids, expected B*T = {batch * t}", nameof(tokens));
         if (state is not null && state.Batch != batch) throw new ArgumentException($"state holds {state.Batch} sequences, expected {batch}", nameof(state));
         foreach (var id in tokens)
-            if ((uint)id >= (uint)Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {id} outside [0, {Config.VocabSize})");
-    }
-
-    // Embedding and every block application; returns the final residual stream (rows, C) and
-    // advances the state. Arguments are checked by the callers.
-    private float[] Body(ReadOnlySpan<int> tokens, int batch, int t, AodStateSet? state, bool taped)
-    {
-        var c = Config;
+            if ((uint)id >= (uint)c.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {id} outside [0, {c.VocabSize})");
         var ws = _ws;
         if (ws is null || ws.B != batch || ws.T != t || ws.Taped != taped) _ws = ws = new Workspace(c, batch, t, taped);
         var tp = ws.Tape;
@@ -167,63 +140,17 @@ internal sealed unsafe class FastCpuModel
         }
         tp.XFinal = x;
         if (state is not null) state.Position += t;
-        return x;
-    }
-
-
-    // Rows of logits formed at a time by Loss: 32 x V floats (512 KiB for V = 4096) stay in L2.
-    private const int LossRows = 32;
-
-    /// <summary>
-    /// Mean cross-entropy of the forward over tokens (B, T) against targets (B, T) (-1 ignored),
-    /// without forming the (B*T, V) logits: the unembedding runs on blocks of rows straight into
-    /// the per-row log-softmax, so the logits never leave the cache (for `small` at 8 x 256 they
-    /// would be 32 MB written and read again). The same value as
-    /// <c>CpuOps.CrossEntropy(Forward(...), targets)</c> up to float32 summation order.
-    /// </summary>
-    public double Loss(ReadOnlySpan<int> tokens, ReadOnlySpan<int> targets, int batch, int t)
-    {
-        var c = Config;
-        int V = c.VocabSize, rows = batch * t, C = c.NEmbd;
-        CheckInputs(tokens, batch, t, null);
-        if (targets.Length != tokens.Length) throw new ArgumentException($"targets holds {targets.Length} ids, expected B*T = {tokens.Length}", nameof(targets));
-        int count = 0;
-        foreach (var y in targets)
+        if (lastOnly)
         {
-            if (y < -1 || y >= V) throw new ArgumentOutOfRangeException(nameof(targets), $"target {y} outside [-1, {V})");
-            if (y != -1) count++;
+            // Only each sequence's last row goes through the final norm and the unembedding.
+            for (int b = 0; b < batch; b++)
+                CpuOps.RmsNormRows(x.AsSpan(((b + 1) * t - 1) * C, C), 1, C, tp.XF.AsSpan(b * C, C), tp.XFInv.AsSpan(b, 1));
+            Linear(Weights.Unembed, tp.XF, batch, ws.Logits, tp.Unembed, relu2: false);
+            return ws.Logits;
         }
-        var x = Body(tokens, batch, t, null, taped: false);
-        var ws = _ws!;
-        var tp = ws.Tape;
         RmsNorm(x, rows, C, tp.XF, tp.XFInv);
-        var un = Weights.Unembed;
-        float[] src = tp.XF;
-        int k = C;
-        if (un.Factorized)
-        {
-            un.W1!.MatMul(tp.XF, rows, ws.UnembedU);
-            src = ws.UnembedU;
-            k = un.W1.Rows;
-        }
-        var w = un.Factorized ? un.W2! : un.W!;
-        var perRow = new double[rows];
-        var tgt = targets.ToArray();
-        int blocks = (rows + LossRows - 1) / LossRows;
-        Parallel.For(0, blocks, () => new float[LossRows * V + 2 * V], (blk, loop, buf) =>
-        {
-            int r0 = blk * LossRows, n = Math.Min(LossRows, rows - r0);
-            var logits = buf.AsSpan(0, n * V);
-            w.MatMulSerial(src.AsSpan(r0 * k, n * k), n, logits);
-            var scratch = buf.AsSpan(LossRows * V, 2 * V);
-            for (int i = 0; i < n; i++)
-                if (tgt[r0 + i] != -1) perRow[r0 + i] = CpuOps.RowCrossEntropy(logits.Slice(i * V, V), tgt[r0 + i], scratch, out double _);
-            return buf;
-        }, _ => { });
-        if (count == 0) return 0;
-        double total = 0;
-        foreach (var r in perRow) total += r;
-        return total / count;
+        Linear(Weights.Unembed, tp.XF, rows, ws.Logits, tp.Unembed, relu2: false);
+        return ws.Logits;
     }
 
     /// <summary>The tape of the last taped <see cref="Forward"/> (valid until the next call).</summary>

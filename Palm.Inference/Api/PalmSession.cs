@@ -145,6 +145,7 @@ public sealed class PalmSession : IDisposable
             var settings = new SamplingSettings(o.Temperature, o.TopK, o.TopP, o.MinP,
                 o.RepetitionPenalty, o.PresencePenalty, o.FrequencyPenalty, o.LogitBias);
             var stops = new StopStringMatcher(o.StopStrings);
+            bool onDevice = _model.BackendImpl.SamplesOnDevice;
             bool hit = false;
             while (true)
             {
@@ -152,7 +153,7 @@ public sealed class PalmSession : IDisposable
                 if (ct.IsCancellationRequested) { reason = StopReason.Cancelled; break; }
                 // This token's uniform is drawn now, before the logits exist: the backend may sample
                 // on the GPU with it (only the id comes back), else the host samples with it below.
-                _request.Prepare(settings, _recent, _rng);
+                _request.Prepare(settings, _recent, _rng, pairs: onDevice);
                 int next = -1;
                 if (_pending >= 0)
                 {

@@ -22,6 +22,13 @@ internal interface IInferenceBackend : IDisposable
     /// <summary>Bytes of weights this backend holds (host or device memory).</summary>
     long WeightBytes { get; }
 
+    /// <summary>
+    /// True when the backend may sample on the device, so a step's SampleRequest must carry its
+    /// penalty-window and bias pairs; otherwise sessions skip building them (the CPU backend
+    /// never reads them).
+    /// </summary>
+    bool SamplesOnDevice => false;
+
     /// <summary>A fresh state (zeros, position 0) for one sequence.</summary>
     SequenceState CreateState();
 

@@ -135,6 +135,8 @@ internal sealed class VulkanBackend : IInferenceBackend, IStateHome
     /// <summary>Sampled rows get their logits and the session samples on the host (VulkanOptions.HostSampling, PALM_VK_HOST_SAMPLING).</summary>
     internal bool HostSampling { get; }
 
+    public bool SamplesOnDevice => !HostSampling;
+
     private enum RowOut { Logits, Sampled, Argmax }
 
     private RowOut Want(SampleRequest? r) =>

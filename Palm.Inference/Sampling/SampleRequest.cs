@@ -36,14 +36,16 @@ internal sealed class SampleRequest
     /// Sets the request for the next token: takes this token's uniform from <paramref name="rng"/>
     /// unless greedy, and, unless the plain argmax, the window's counts (only when a penalty is
     /// set, as TokenSampler applies them) and the bias. Allocates only when a list outgrows its buffer.
+    /// <paramref name="pairs"/> false: the backend never samples on the device, so the pairs are
+    /// not built (the host sampler reads the settings themselves).
     /// </summary>
-    public void Prepare(in SamplingSettings s, RecentTokens recent, Rng rng)
+    public void Prepare(in SamplingSettings s, RecentTokens recent, Rng rng, bool pairs = true)
     {
         Settings = s;
         Uniform = s.Temperature <= 0 ? 0 : rng.NextDouble();
         PlainArgmax = TokenSampler.IsPlainArgmax(s, recent);
         PenaltyPairs = BiasPairs = 0;
-        if (PlainArgmax) return;
+        if (PlainArgmax || !pairs) return;
 
         bool penalize = s.RepetitionPenalty != 1f || s.PresencePenalty != 0f || s.FrequencyPenalty != 0f;
         if (penalize && recent.Count > 0)
@@ -53,16 +55,16 @@ internal sealed class SampleRequest
             foreach (int id in recent) _window[n++] = id;
             Array.Sort(_window, 0, n);
             Grow(ref _penaltyIds, ref _penaltyCounts, n);
-            int pairs = 0;
+            int count = 0;
             for (int i = 0; i < n;)
             {
                 int j = i;
                 while (j < n && _window[j] == _window[i]) j++;
-                _penaltyIds[pairs] = _window[i];
-                _penaltyCounts[pairs++] = j - i;
+                _penaltyIds[count] = _window[i];
+                _penaltyCounts[count++] = j - i;
                 i = j;
             }
-            PenaltyPairs = pairs;
+            PenaltyPairs = count;
         }
 
         if (s.LogitBias is { Count: > 0 } bias)

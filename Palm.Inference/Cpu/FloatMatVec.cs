@@ -113,18 +113,32 @@ internal static class FloatMatVec
                 a14 = Avx512F.FusedMultiplyAdd(Vector512.Load(r11 + p), xv, a14);
                 a15 = Avx512F.FusedMultiplyAdd(Vector512.Load(r15 + p), xv, a15);
             }
-            // 256-bit halves: [a.q0+a.q2, a.q1+a.q3, b.q0+b.q2, b.q1+b.q3] (q = 128-bit quarter).
-            var s01 = Half256(a0, a1); var s23 = Half256(a2, a3); var s45 = Half256(a4, a5); var s67 = Half256(a6, a7);
-            var s89 = Half256(a8, a9); var sAB = Half256(a10, a11); var sCD = Half256(a12, a13); var sEF = Half256(a14, a15);
-            // 128-bit quarters: quarter j of t holds accumulator (4 group + j)'s four partials.
-            var t0 = Quarter128(s01, s23); var t1 = Quarter128(s45, s67); var t2 = Quarter128(s89, sAB); var t3 = Quarter128(sCD, sEF);
-            // Within quarters: quarter j = [acc j, acc 4+j, acc 8+j, acc 12+j] totals = rows 4j..4j+3.
-            var u0 = Pairs(t0, t1);
-            var u1 = Pairs(t2, t3);
-            var v = Avx512F.Add(Avx512F.Shuffle(u0, u1, 0x88), Avx512F.Shuffle(u0, u1, 0xDD));
-            v.Store(py + i);
+            Reduce16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15).Store(py + i);
         }
         return i;
+    }
+
+    /// <summary>
+    /// Sixteen accumulators to their sixteen lane sums in one vector: lane 4j + m holds the sum
+    /// of accumulator 4m + j (a 4x4 transpose of the natural order), so a caller that feeds row
+    /// 4*(s%4) + s/4 into accumulator s gets the rows' sums in natural order. 15 shuffle-add pairs.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Reduce16(
+        Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
+        Vector512<float> a4, Vector512<float> a5, Vector512<float> a6, Vector512<float> a7,
+        Vector512<float> a8, Vector512<float> a9, Vector512<float> a10, Vector512<float> a11,
+        Vector512<float> a12, Vector512<float> a13, Vector512<float> a14, Vector512<float> a15)
+    {
+        // 256-bit halves: [a.q0+a.q2, a.q1+a.q3, b.q0+b.q2, b.q1+b.q3] (q = 128-bit quarter).
+        var s01 = Half256(a0, a1); var s23 = Half256(a2, a3); var s45 = Half256(a4, a5); var s67 = Half256(a6, a7);
+        var s89 = Half256(a8, a9); var sAB = Half256(a10, a11); var sCD = Half256(a12, a13); var sEF = Half256(a14, a15);
+        // 128-bit quarters: quarter j of t holds accumulator (4 group + j)'s four partials.
+        var t0 = Quarter128(s01, s23); var t1 = Quarter128(s45, s67); var t2 = Quarter128(s89, sAB); var t3 = Quarter128(sCD, sEF);
+        // Within quarters: quarter j = [acc j, acc 4+j, acc 8+j, acc 12+j] totals.
+        var u0 = Pairs(t0, t1);
+        var u1 = Pairs(t2, t3);
+        return Avx512F.Add(Avx512F.Shuffle(u0, u1, 0x88), Avx512F.Shuffle(u0, u1, 0xDD));
 
         static Vector512<float> Half256(Vector512<float> a, Vector512<float> b) =>
             Avx512F.Add(Avx512F.Shuffle4x128(a, b, 0x44), Avx512F.Shuffle4x128(a, b, 0xEE));

@@ -130,7 +130,11 @@ internal static unsafe class QuantizedMatVec
             int i = 0;
             // The four-row passes need every segment (a group clipped to [c0, c1)) to be whole vector
             // steps, which for q4 also puts every segment on a byte boundary.
-            if (isa == QuantIsa.Avx512 && w.GroupSize % 16 == 0 && c0 % 16 == 0 && c1 % 16 == 0) i = Rows4x512(m, row0, rows, c0, c1, px, py);
+            // q8 rows whose slice lies inside one group (the default: one scale per row), sixteen
+            // at a time with one transposing reduction (FloatMatVec.Reduce16), then the 4-row pass.
+            if (isa == QuantIsa.Avx512 && m.Q8 && c1 > c0 && c0 / w.GroupSize == (c1 - 1) / w.GroupSize && c0 % 16 == 0 && c1 % 16 == 0)
+                i = Rows16Q8x512(m, row0, rows, c0, c1, px, py);
+            if (isa == QuantIsa.Avx512 && w.GroupSize % 16 == 0 && c0 % 16 == 0 && c1 % 16 == 0) i += Rows4x512(m, row0 + i, rows - i, c0, c1, px, py + i);
             else if (isa == QuantIsa.Avx2 && w.GroupSize % 8 == 0 && c0 % 8 == 0 && c1 % 8 == 0) i = Rows4x256(m, row0, rows, c0, c1, px, py);
             for (; i < rows; i++) py[i] = RowDot(isa, m, row0 + i, c0, c1, px);
         }
@@ -349,6 +353,54 @@ internal static unsafe class QuantizedMatVec
                 a += len;
             }
             y[i] = Vector512.Sum(a0); y[i + 1] = Vector512.Sum(a1); y[i + 2] = Vector512.Sum(a2); y[i + 3] = Vector512.Sum(a3);
+        }
+        return i;
+    }
+
+    // Sixteen q8 rows per pass over one segment [c0, c1) inside a single group (so one scale per
+    // row applies to the whole sum): sixteen accumulators of level * x, one transposing reduction
+    // to the sixteen row sums (rows fed in the order Reduce16 puts back in natural order), then
+    // times the rows' scales. Short rows (k = 64) are dominated by horizontal sums otherwise.
+    private static int Rows16Q8x512(in Matrix w, int row0, int n, int c0, int c1, float* x, float* y)
+    {
+        int G = w.G, K = w.K, gpr = K / G, gk = c0 / G, len = c1 - c0;
+        float* scales = (float*)w.Scales;
+        var sc = stackalloc float[16];
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+        {
+            long r = row0 + i;
+            byte* b = w.Data + r * K + c0;
+            // Accumulator s takes row 4 * (s % 4) + s / 4 (see Reduce16).
+            byte* p0 = b, p1 = b + 4L * K, p2 = b + 8L * K, p3 = b + 12L * K;
+            byte* p4 = b + 1L * K, p5 = b + 5L * K, p6 = b + 9L * K, p7 = b + 13L * K;
+            byte* p8 = b + 2L * K, p9 = b + 6L * K, p10 = b + 10L * K, p11 = b + 14L * K;
+            byte* p12 = b + 3L * K, p13 = b + 7L * K, p14 = b + 11L * K, p15 = b + 15L * K;
+            var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0; var a4 = a0; var a5 = a0; var a6 = a0; var a7 = a0;
+            var a8 = a0; var a9 = a0; var a10 = a0; var a11 = a0; var a12 = a0; var a13 = a0; var a14 = a0; var a15 = a0;
+            for (int j = 0; j < len; j += 16)
+            {
+                var xv = Vector512.Load(x + j);
+                a0 = Avx512F.FusedMultiplyAdd(Q8x16(p0 + j), xv, a0);
+                a1 = Avx512F.FusedMultiplyAdd(Q8x16(p1 + j), xv, a1);
+                a2 = Avx512F.FusedMultiplyAdd(Q8x16(p2 + j), xv, a2);
+                a3 = Avx512F.FusedMultiplyAdd(Q8x16(p3 + j), xv, a3);
+                a4 = Avx512F.FusedMultiplyAdd(Q8x16(p4 + j), xv, a4);
+                a5 = Avx512F.FusedMultiplyAdd(Q8x16(p5 + j), xv, a5);
+                a6 = Avx512F.FusedMultiplyAdd(Q8x16(p6 + j), xv, a6);
+                a7 = Avx512F.FusedMultiplyAdd(Q8x16(p7 + j), xv, a7);
+                a8 = Avx512F.FusedMultiplyAdd(Q8x16(p8 + j), xv, a8);
+                a9 = Avx512F.FusedMultiplyAdd(Q8x16(p9 + j), xv, a9);
+                a10 = Avx512F.FusedMultiplyAdd(Q8x16(p10 + j), xv, a10);
+                a11 = Avx512F.FusedMultiplyAdd(Q8x16(p11 + j), xv, a11);
+                a12 = Avx512F.FusedMultiplyAdd(Q8x16(p12 + j), xv, a12);
+                a13 = Avx512F.FusedMultiplyAdd(Q8x16(p13 + j), xv, a13);
+                a14 = Avx512F.FusedMultiplyAdd(Q8x16(p14 + j), xv, a14);
+                a15 = Avx512F.FusedMultiplyAdd(Q8x16(p15 + j), xv, a15);
+            }
+            var sums = FloatMatVec.Reduce16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+            for (int q = 0; q < 16; q++) sc[q] = scales[(r + q) * gpr + gk];
+            Avx512F.Multiply(sums, Vector512.Load(sc)).Store(y + i);
         }
         return i;
     }

@@ -4,6 +4,8 @@
 // and writes the final value back to the state pool row slot[b] when has_state != 0. The walk
 // over chunks is serial per channel: there are only T/L chunks, and the B*D channels already
 // fill the device; reads and writes of one chunk row are consecutive in j (coalesced).
+// -D SUFFIX: the same walk from the last chunk back to the first, for the backward's carried
+// gradients (aod_backward.comp); the host runs it with has_state = 0 (no state to carry).
 #version 450
 
 layout(constant_id = 0) const uint WG = 64;
@@ -35,7 +37,12 @@ void main() {
 #ifdef MEAN
     float z = p.has_state != 0 ? z_state[at] : 0.0;
 #endif
+#ifdef SUFFIX
+    for (uint cc = p.chunks; cc > 0; cc--) {
+        const uint c = cc - 1;
+#else
     for (uint c = 0; c < p.chunks; c++) {
+#endif
         const uint r = (b * p.chunks + c) * p.D + j;
         const float sum = chunk_s[r];
         chunk_s[r] = s;

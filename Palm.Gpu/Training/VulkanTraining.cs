@@ -374,7 +374,7 @@ internal sealed class VulkanTraining : IDisposable
             // x_out = x_in + AoD(h) + FFN(h): dX reaches x_in unchanged and feeds both branches.
             SwiGluBackward.Record(rec, ctx, s.O, a.DX, a.DO);
             BackwardLinear(blk.Proj, s.Y, s.ProjA, null, a.DO, a.DU!, false, a.DY);
-            AodBackward.Record(rec, ctx, s.Qkv, a.Cos, a.Sin, a.DY, a.B, a.T, c.NHead, a.ScanS, a.ScanZ, a.DQkv);
+            AodBackward.Record(rec, ctx, s.Qkv, a.Cos, a.Sin, a.DY, a.B, a.T, c.NHead, a.ScanS, a.ScanZ, a.DQkv, a.ChunkS, a.ChunkZ);
             BackwardLinear(blk.Qkv, s.H, s.QkvA, s.QkvU, a.DQkv, a.DU!, false, a.DH);
             if (blk.Up is not null)
             {
@@ -478,7 +478,8 @@ internal sealed class VulkanTraining : IDisposable
             Ffn = ffn ? F([rows, c.NEmbd]) : null;
             FreshS = F([B, c.DQkv]);
             FreshZ = c.MeanMix ? F([B, c.DQkv]) : null;
-            // The chunked AoD scan's per-chunk sums (forward only; the backward has its own scan).
+            // The chunked AoD scans' per-chunk values, forward and backward in turn (the backward
+            // overwrites them after every forward use).
             ChunkS = T > 1 ? F([Aod.ChunkRows(B, T), c.DQkv]) : null;
             ChunkZ = T > 1 && c.MeanMix ? F([Aod.ChunkRows(B, T), c.DQkv]) : null;
             Hf = F([rows, c.NEmbd]);
@@ -514,7 +515,7 @@ internal sealed class VulkanTraining : IDisposable
         public GpuTensor? Ffn { get; }           // (rows, C) DOWN output, consumed at once
         public GpuTensor FreshS { get; }         // (B, D) bound, unused: the scan starts at zero
         public GpuTensor? FreshZ { get; }
-        public GpuTensor? ChunkS { get; }        // (B*chunks, D), T > 1 only
+        public GpuTensor? ChunkS { get; }        // (B*chunks, D), T > 1 only; forward and backward scratch
         public GpuTensor? ChunkZ { get; }        // (B*chunks, D), T > 1 and mean mixing only
         public GpuTensor Hf { get; }             // (rows, C) final rmsnorm
         public GpuTensor? UnembedA { get; }      // (rows, r)

@@ -25,7 +25,8 @@ internal readonly record struct Binding(GpuTensor Tensor, Access Access)
 internal sealed unsafe class CommandRecorder : IDisposable
 {
     const uint SetsPerPool = 256;
-    const uint DescriptorsPerSet = 8;
+    // The widest shader: the chunked AoD backward's MEAN walk (aod_backward.comp) binds 9.
+    const uint DescriptorsPerSet = 9;
 
     readonly VulkanContext ctx;
     readonly CommandPool commandPool;

@@ -90,6 +90,32 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
         }
     }
 
+    // The backward's two float32 twins side by side: the chunked one regroups the carried
+    // gradients' sums (and the forward's), so they agree to float32 rounding of the T-term sums
+    // and the hd-term norm backward, relative to the gradients' size (as the GPU backward test).
+    [Theory]
+    [InlineData(1, 3, 1, 4, 16, false)]      // T < L: one partial chunk
+    [InlineData(1, 16, 1, 4, 16, true)]      // exactly one chunk
+    [InlineData(2, 33, 2, 8, 16, true)]      // T not a multiple of L, B > 1
+    [InlineData(3, 300, 3, 12, 16, false)]
+    [InlineData(2, 300, 1, 16, 16, true)]
+    [InlineData(2, 100, 1, 16, 7, false)]
+    public void Aod_backward_chunked_twin_matches_the_sequential_twin(int B, int T, int H, int hd, int L, bool mean)
+    {
+        var D = H * hd;
+        var qkv = Uniform(B * T * 3 * D, 2.0);
+        var cos = new float[T * hd / 2];
+        var sin = new float[T * hd / 2];
+        Kernels.Aod.RopeTables(hd, 5, T, cos, sin);
+        var dy = Uniform(B * T * D);
+        float[] seq = Poisoned(qkv.Length), chk = Poisoned(qkv.Length);
+        Kernels.AodBackward.Reference(qkv, cos, sin, dy, B, T, D, H, mean, seq);
+        Kernels.AodBackward.ChunkedReference(qkv, cos, sin, dy, B, T, D, H, L, mean, chk);
+        var expected = Array.ConvertAll(seq, v => (double)v);
+        Tolerance.AssertClose(chk, expected, Tolerance.ForReduction(T + hd) * Math.Max(1, MaxAbs(expected)), Tolerance.F32Rtol,
+            $"aod backward chunked vs sequential twin B={B} T={T} H={H} hd={hd} L={L} mean={mean}", Seed, 3 * D);
+    }
+
     protected override void SwiGlu(float[] ab, int rows, int n, bool residual, float[] output) =>
         Kernels.SwiGlu.Reference(ab, rows, n, residual, output);
 

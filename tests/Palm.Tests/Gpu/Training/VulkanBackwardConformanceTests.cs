@@ -205,6 +205,41 @@ public sealed class VulkanBackwardConformanceTests : IDisposable
             $"aod backward B={B} T={T} H={nHead} hd={hd} mean={mean} pos0={pos0}", 3 * D);
     }
 
+    // The chunked form against its CPU twin (which CpuKernelConformanceTests checks against the
+    // sequential twin): the same passes and order of float32 sums, so the same tolerance as the
+    // sequential form. Scratch poisoned: a chunk value a pass forgets to write shows as NaN.
+    [VulkanTheory]
+    [InlineData(1, 3, 1, 4, 16, false)]      // T < L: one partial chunk
+    [InlineData(1, 16, 1, 4, 16, true)]      // exactly one chunk
+    [InlineData(2, 33, 2, 12, 16, true)]     // T not a multiple of L, B > 1, hd not a power of two
+    [InlineData(3, 300, 5, 16, 16, false)]   // H prime: 5 heads in one workgroup
+    [InlineData(2, 300, 3, 64, 16, true)]    // one head per workgroup, 3 workgroups
+    [InlineData(2, 100, 1, 8, 7, false)]     // another chunk length
+    public void Aod_backward_chunked_matches_its_twin(int B, int T, int nHead, int hd, int L, bool mean)
+    {
+        var D = nHead * hd;
+        var qkv = Uniform(B * T * 3 * D, 2);
+        var cos = new float[T * hd / 2];
+        var sin = new float[T * hd / 2];
+        Kernels.Aod.RopeTables(hd, 0, T, cos, sin);
+        var dy = Uniform(B * T * D);
+        var expected = new float[qkv.Length];
+        Kernels.AodBackward.ChunkedReference(qkv, cos, sin, dy, B, T, D, nHead, L, mean, expected);
+        using var tq = Tensor(qkv, B * T, 3 * D);
+        using var tc = Tensor(cos, T, hd / 2);
+        using var ts = Tensor(sin, T, hd / 2);
+        using var tdy = Tensor(dy, B * T, D);
+        using var sS = Tensor(Poisoned(B * T * D), B * T, D);
+        using var sZ = mean ? Tensor(Poisoned(B * T * D), B * T, D) : null;
+        var rows = Kernels.Aod.ChunkRows(B, T, L);
+        using var chunkS = Tensor(Poisoned(rows * D), rows, D);
+        using var chunkZ = mean ? Tensor(Poisoned(rows * D), rows, D) : null;
+        using var td = Tensor(Poisoned(qkv.Length), B * T, 3 * D);
+        Submit(rec => Kernels.AodBackward.RecordChunked(rec, Ctx, tq, tc, ts, tdy, B, T, nHead, L, sS, sZ, chunkS, chunkZ, td));
+        Close(td.ToArray(), expected, Tolerance.ForReduction(T + hd) * Math.Max(1, MaxAbs(expected)),
+            $"aod backward chunked B={B} T={T} H={nHead} hd={hd} L={L} mean={mean}", 3 * D);
+    }
+
     [VulkanTheory]
     [InlineData(1, 1, 0, 1.0)]
     [InlineData(5, 1000, 2, 3.0)]      // a row wider than a workgroup, ignored rows

@@ -159,6 +159,26 @@ public sealed class VulkanTrainingTests : IDisposable
         }
     }
 
+    // Likewise AodBackward.ChunkedFrom: lowered (with the forward's), the backward's AoD takes
+    // the chunked reverse scan, and the gradients must still match.
+    [VulkanTheory, MemberData(nameof(Files))]
+    public void Training_step_with_the_chunked_aod_backward_matches_golden(string file)
+    {
+        var savedForward = Palm.Gpu.Kernels.Aod.ChunkedFrom;
+        var savedBackward = Palm.Gpu.Kernels.AodBackward.ChunkedFrom;
+        Palm.Gpu.Kernels.Aod.ChunkedFrom = 2;
+        Palm.Gpu.Kernels.AodBackward.ChunkedFrom = 2;
+        try
+        {
+            Training_step_matches_golden(file);
+        }
+        finally
+        {
+            Palm.Gpu.Kernels.Aod.ChunkedFrom = savedForward;
+            Palm.Gpu.Kernels.AodBackward.ChunkedFrom = savedBackward;
+        }
+    }
+
     [VulkanTheory, MemberData(nameof(Files))]
     public void Optimizer_on_stored_grads_matches_golden(string file)
     {

@@ -30,6 +30,8 @@ internal sealed record GpuCapabilities
     public required uint MaxSharedMemoryBytes { get; init; }
     public required ulong MaxStorageBufferRange { get; init; }
     public required uint MaxPushConstantsBytes { get; init; }
+    /// <summary>Storage buffers one compute shader may bind (Vulkan guarantees only 4; desktop drivers and lavapipe allow far more; the MEAN AoD backward needs 9).</summary>
+    public required uint MaxStorageBuffersPerStage { get; init; }
     public required ulong MinStorageBufferOffsetAlignment { get; init; }
 
     /// <summary>Device-local memory is also host-visible (UMA, resizable BAR): tensors are mapped, no staging.</summary>

@@ -81,6 +81,10 @@ internal sealed unsafe class PipelineStore : IDisposable
         }
         if (pushBytes > ctx.Capabilities.MaxPushConstantsBytes)
             throw new InvalidOperationException($"{shader}: {pushBytes} push-constant bytes exceed the device's {ctx.Capabilities.MaxPushConstantsBytes}");
+        // A clear error instead of a failed (or, without validation, undefined) pipeline layout on
+        // a device below what the kernel binds.
+        if ((uint)bindings > ctx.Capabilities.MaxStorageBuffersPerStage)
+            throw new InvalidOperationException($"{shader}: {bindings} storage buffers exceed the device's per-stage limit of {ctx.Capabilities.MaxStorageBuffersPerStage} ({ctx.Capabilities.DeviceName})");
         var pipeline = Create(shader, key, bindings, pushBytes, spec);
         pipelines.Add(key, pipeline);
         return pipeline;

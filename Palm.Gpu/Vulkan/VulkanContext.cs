@@ -265,6 +265,7 @@ internal sealed unsafe class VulkanContext : IDisposable
             MaxSharedMemoryBytes = limits.MaxComputeSharedMemorySize,
             MaxStorageBufferRange = limits.MaxStorageBufferRange,
             MaxPushConstantsBytes = limits.MaxPushConstantsSize,
+            MaxStorageBuffersPerStage = Math.Min(limits.MaxPerStageDescriptorStorageBuffers, limits.MaxDescriptorSetStorageBuffers),
             MinStorageBufferOffsetAlignment = limits.MinStorageBufferOffsetAlignment,
             DeviceLocalIsHostVisible = mapped,
         };

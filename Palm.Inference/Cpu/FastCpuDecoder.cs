@@ -204,8 +204,7 @@ internal sealed class FastCpuDecoder : IDisposable
     private unsafe void Run(in Job job, Scratch s, Scratch sh, int p0, int p1, DecodeTeam? team, int tid)
     {
         var c = _c;
-        int C = c.NEmbd, D = c.DQkv, hd = c.HeadDim, half = hd / 2, V = c.VocabSize;
-        bool mean = c.Mix == AodMix.Mean;
+        int C = c.NEmbd, hd = c.HeadDim, half = hd / 2;
         var state = job.State;
         int b = job.B;
 

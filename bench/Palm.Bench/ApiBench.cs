@@ -82,15 +82,13 @@ public static class ApiBench
         var vk = VulkanBackend.Create(parameters, VulkanOptions.FromEnvironment() with { HostSampling = hostSampling });
         using var model = PalmModel.Create(parameters, ck.Tokenizer!.ToTokenizer(), vk);
         var bus = vk.Context.Transfers;
-        var noEot = new Dictionary<int, float> { [model.Tokenizer.EotId] = float.NegativeInfinity };
-        for (int id = model.Tokenizer.VocabSize; id < model.Config.VocabSize; id++) noEot[id] = float.NegativeInfinity;
-        string prompt = string.Join(' ', Enumerable.Repeat("And God said unto Moses,", 6));
+        var noEot = NoEndOfText(model);
         var opts = new GenerationOptions { Temperature = 0.8f, TopP = 0.9f, MaxTokens = tokens, LogitBias = noEot };
         async Task<(double Seconds, int Tokens)> One(ulong seed)
         {
             using var s = model.CreateSession(new SessionOptions { Seed = seed });
             var t = Stopwatch.StartNew();
-            await foreach (var _ in s.GenerateAsync(prompt, opts)) { }
+            await foreach (var _ in s.GenerateAsync(Prompt, opts)) { }
             return (t.Elapsed.TotalSeconds, s.LastResult!.GeneratedTokens);
         }
         await One(1);                                   // warm-up (pipelines compile at first use)
@@ -111,6 +109,18 @@ public static class ApiBench
                           $"{(double)med.Read / med.Tokens:F0} | {(double)med.Written / med.Tokens:F0} | {made / seconds:F0} | {(double)(bus.BytesRead - read0) / made:F0} |");
     }
 
+    // Every generation makes exactly its token budget: end-of-text is banned, and so are the ids the
+    // `small` model has beyond the tokenizer it borrows.
+    private static Dictionary<int, float> NoEndOfText(PalmModel model)
+    {
+        var ban = new Dictionary<int, float> { [model.Tokenizer.EotId] = float.NegativeInfinity };
+        for (int id = model.Tokenizer.VocabSize; id < model.Config.VocabSize; id++) ban[id] = float.NegativeInfinity;
+        return ban;
+    }
+
+    // The short prompt of the TTFT and decode rows (32 tokens with the built-in tokenizer).
+    private static readonly string Prompt = string.Join(' ', Enumerable.Repeat("And God said unto Moses,", 6));
+
     private static async Task<double> Measure(string name, string path, Backend backend, int tokens, int sessions, bool gpuTime)
     {
         var sw = Stopwatch.StartNew();
@@ -130,11 +140,7 @@ public static class ApiBench
         // GPU milliseconds per generated token since the last reset: every kernel of the run,
         // the prompt's prefill included (amortised over the generated tokens).
         double GpuMsPerToken(int generated) => profiler is null ? double.NaN : profiler.Totals.Values.Sum(t => t.Ns) / 1e6 / generated;
-        // Never stop at end-of-text, so every run generates exactly `tokens` tokens.
-        var noEot = new Dictionary<int, float> { [model.Tokenizer.EotId] = float.NegativeInfinity };
-        // The `small` model has more ids than the tokenizer it borrows: never sample those.
-        for (int id = model.Tokenizer.VocabSize; id < model.Config.VocabSize; id++) noEot[id] = float.NegativeInfinity;
-        string prompt = string.Join(' ', Enumerable.Repeat("And God said unto Moses,", 6));
+        var noEot = NoEndOfText(model);
         var opts = new GenerationOptions { Temperature = 0, MaxTokens = tokens, LogitBias = noEot };
 
         async Task<(double Ttft, double Total, int Tokens)> One(ulong seed)
@@ -142,7 +148,7 @@ public static class ApiBench
             using var s = model.CreateSession(new SessionOptions { Seed = seed });
             var t = Stopwatch.StartNew();
             double ttft = -1;
-            await foreach (var _ in s.GenerateAsync(prompt, opts)) if (ttft < 0) ttft = t.Elapsed.TotalMilliseconds;
+            await foreach (var _ in s.GenerateAsync(Prompt, opts)) if (ttft < 0) ttft = t.Elapsed.TotalMilliseconds;
             return (ttft, t.Elapsed.TotalSeconds, s.LastResult!.GeneratedTokens);
         }
         await One(1);                                   // warm-up

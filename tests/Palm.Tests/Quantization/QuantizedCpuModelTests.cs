@@ -20,17 +20,8 @@ public sealed class QuantizedCpuModelTests(ITestOutputHelper output)
     // Both sides float32 over the same dequantized values (level * scale), summed in another order.
     private const double Atol = 1e-4, Rtol = 1e-4;
 
-    private static PalmConfig Rank => new()
-    {
-        VocabSize = 301, BlockSize = 64, NEmbd = 24, NHead = 2, DQkv = 24, DRank = 7,
-        NLayer = 2, NRecur = 2, DFfn = 10, Share = ShareMode.Cycle, Mix = AodMix.Mean,
-    };
-
-    private static PalmConfig Full => new()
-    {
-        VocabSize = 301, BlockSize = 64, NEmbd = 20, NHead = 1, DQkv = 20, DRank = 0,
-        NLayer = 1, NRecur = 2, DFfn = 0, Share = ShareMode.Sequence, Mix = AodMix.Sum,
-    };
+    private static PalmConfig Rank => QuantizedVulkanModelTests.Rank;
+    private static PalmConfig Full => QuantizedVulkanModelTests.Full;
 
     // Wide enough that the decoder's two parts cut groups: the projection's halves meet at column
     // 64 (inside q8's one-scale-per-row groups), the FFN down linear's at 48 (inside a q4 group of 32).

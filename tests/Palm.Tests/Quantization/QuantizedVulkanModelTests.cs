@@ -22,13 +22,15 @@ public sealed class QuantizedVulkanModelTests(ITestOutputHelper output)
     // dequantized values are the same products level * scale on both sides.
     private const double Atol = 1e-4, Rtol = 1e-4;
 
-    private static PalmConfig Rank => new()
+    /// <summary>Rank 7: q4 rows start on either nibble of a byte, one odd-sized group per row (also QuantizedCpuModelTests).</summary>
+    internal static PalmConfig Rank => new()
     {
         VocabSize = 301, BlockSize = 64, NEmbd = 24, NHead = 2, DQkv = 24, DRank = 7,
         NLayer = 2, NRecur = 2, DFfn = 10, Share = ShareMode.Cycle, Mix = AodMix.Mean,
     };
 
-    private static PalmConfig Full => new()
+    /// <summary>Full rank, one head, no FFN (also QuantizedCpuModelTests).</summary>
+    internal static PalmConfig Full => new()
     {
         VocabSize = 301, BlockSize = 64, NEmbd = 20, NHead = 1, DQkv = 20, DRank = 0,
         NLayer = 1, NRecur = 2, DFfn = 0, Share = ShareMode.Sequence, Mix = AodMix.Sum,

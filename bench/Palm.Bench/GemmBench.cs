@@ -83,7 +83,9 @@ public static class GemmBench
         var times = new List<double>();
         fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
         {
-            for (int i = 0; i < 2; i++) Once(isa, pa, pb, pc, m, n, k, op, parallel);
+            // Time-bounded warm-up (ModelBench.MinWarmupSeconds): the JIT tiers the kernels up in the background.
+            var warm = Stopwatch.StartNew();
+            for (int i = 0; i < 2 || warm.Elapsed.TotalSeconds < ModelBench.MinWarmupSeconds; i++) Once(isa, pa, pb, pc, m, n, k, op, parallel);
             for (int i = 0; i < reps; i++) { var sw = Stopwatch.StartNew(); Once(isa, pa, pb, pc, m, n, k, op, parallel); times.Add(sw.Elapsed.TotalSeconds); }
         }
         times.Sort();

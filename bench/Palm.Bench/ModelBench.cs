@@ -17,7 +17,7 @@ public static class ModelBench
 {
     public sealed record Row(string Backend, string What, double TokensPerSecond, double MedianMs, int Reps);
 
-    /// <summary>Usage: <c>[--config small] [--reps 7] [--warmup 2] [--no-peer] [--decode-only] [--write PATH]</c>.</summary>
+    /// <summary>Usage: <c>[--config small] [--reps 7] [--warmup 2] [--warmup-seconds 5] [--no-peer] [--decode-only] [--write PATH]</c>.</summary>
     public static int Run(string[] args)
     {
         string preset = "small"; int reps = 7, warmup = 2; bool peer = true, decodeOnly = false; string? write = null;
@@ -28,10 +28,11 @@ public static class ModelBench
                 case "--config" when i + 1 < args.Length: preset = args[++i]; break;
                 case "--reps" when i + 1 < args.Length: reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--warmup" when i + 1 < args.Length: warmup = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--warmup-seconds" when i + 1 < args.Length: MinWarmupSeconds = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-peer": peer = false; break;
                 case "--decode-only": decodeOnly = true; break;
                 case "--write" when i + 1 < args.Length: write = args[++i]; break;
-                default: Console.Error.WriteLine($"model bench: unknown argument '{args[i]}'. Usage: [--config small] [--reps 7] [--warmup 2] [--no-peer] [--decode-only] [--write PATH]"); return 2;
+                default: Console.Error.WriteLine($"model bench: unknown argument '{args[i]}'. Usage: [--config small] [--reps 7] [--warmup 2] [--warmup-seconds 5] [--no-peer] [--decode-only] [--write PATH]"); return 2;
             }
         }
         var config = PalmConfig.Preset(preset);
@@ -158,9 +159,26 @@ public static class ModelBench
         Console.WriteLine($"                   the same matrix-vector products with hot weights: {hotSeconds * 1e6:F1} us/token ({2.0 * macs / hotSeconds / 1e9:F1} GFLOP/s, one core) vs {1e6 / tokensPerSecond:F1} us/token measured");
     }
 
+    /// <summary>
+    /// Least wall time of warm-up runs before timing. .NET's tiered JIT first runs methods
+    /// unoptimised and recompiles hot ones in the background: measured here, a `small` forward took
+    /// 700, 220, 130, 80-115 ms over its first 8 calls and 45-50 ms from about the 10th (1 s in)
+    /// on an idle machine; inside this bench, 2 s of warm-up still left it at 88 ms and 6 s gave
+    /// 48 ms (the background compiles share the two cores). A warm-up counted in runs alone timed
+    /// the tier-0 code. Steady state is what a running game sees after its first seconds, and the
+    /// peer is timed after its own warm-up too.
+    /// </summary>
+    internal static double MinWarmupSeconds = 5.0;
+
+    internal static void WarmUp(int warmup, Action fn)
+    {
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < warmup || sw.Elapsed.TotalSeconds < MinWarmupSeconds; i++) fn();
+    }
+
     private static (Row A, Row B) TimeInterleaved(int tokens, int warmup, int reps, Action a, Action b)
     {
-        for (int i = 0; i < warmup; i++) { a(); b(); }
+        WarmUp(warmup, () => { a(); b(); });
         var ta = new List<double>();
         var tb = new List<double>();
         for (int i = 0; i < reps; i++)
@@ -180,7 +198,7 @@ public static class ModelBench
 
     private static Row Time(string backend, string what, int tokens, int warmup, int reps, Action fn)
     {
-        for (int i = 0; i < warmup; i++) fn();
+        WarmUp(warmup, fn);
         var times = new List<double>();
         for (int i = 0; i < reps; i++)
         {

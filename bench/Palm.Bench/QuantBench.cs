@@ -109,6 +109,9 @@ public static class QuantBench
             foreach (var (name, path) in files) models.Add((name, path, PalmModel.Load(path, new ModelOptions { Backend = backend })));
             // Rounds interleave the storages, so a shared machine's load changes hit them all alike.
             var rates = models.Select(_ => new List<double>()).ToArray();
+            // Warm-up until the JIT has tiered the decode path up (ModelBench.MinWarmupSeconds).
+            for (var w = System.Diagnostics.Stopwatch.StartNew(); w.Elapsed.TotalSeconds < ModelBench.MinWarmupSeconds;)
+                foreach (var m in models) await DecodeRate(m.Model, tokens);
             for (int round = 0; round < reps; round++)
                 for (int m = 0; m < models.Count; m++)
                     rates[m].Add(await DecodeRate(models[m].Model, tokens));

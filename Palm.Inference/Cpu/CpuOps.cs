@@ -265,6 +265,7 @@ internal static class CpuOps
     }
 
     /// <summary>In place: x (hd) ← rope(x) with the given cos/sin rows (hd/2 each).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RopeInPlace(Span<float> x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
     {
         int half = x.Length / 2;

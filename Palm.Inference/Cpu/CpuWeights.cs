@@ -62,6 +62,7 @@ internal sealed class CpuMatrix
     public void MatVec(ReadOnlySpan<float> x, Span<float> y) => MatVecRows(0, Rows, x, y);
 
     /// <summary>y (n) = rows [row0, row0 + n) of W times x (Cols).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public unsafe void MatVecRows(int row0, int n, ReadOnlySpan<float> x, Span<float> y)
     {
         if (n == 0) return;
@@ -79,6 +80,7 @@ internal sealed class CpuMatrix
     /// y (Rows) = W[:, col0 .. col0 + k) · x (k): a partial sum over a slice of the input. The
     /// result depends only on (col0, k) and the values, never on the thread that computes it.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public unsafe void MatVecCols(int col0, int k, ReadOnlySpan<float> x, Span<float> y)
     {
         if (k == 0) { y[..Rows].Clear(); return; }

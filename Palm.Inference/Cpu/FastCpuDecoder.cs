@@ -117,6 +117,7 @@ internal sealed class FastCpuDecoder : IDisposable
     /// false keeps a batch-1 step on the calling thread (for callers that already run sequences
     /// in parallel). The logits do not depend on it.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Step(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits, bool bothCores)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -158,6 +159,7 @@ internal sealed class FastCpuDecoder : IDisposable
         state.Position++;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private unsafe void StepAlone(int token, AodStateSet state, int b, Span<float> logits)
     {
         var s = _scratch.Value!;
@@ -168,6 +170,7 @@ internal sealed class FastCpuDecoder : IDisposable
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private unsafe void RunTeam(int token, AodStateSet state, Span<float> logits)
     {
         _team ??= new DecodeTeam(this);
@@ -341,6 +344,7 @@ internal sealed class FastCpuDecoder : IDisposable
     }
 
     // q, k, v rows of heads [j0, j0 + w) / hd, then QK-norm, RoPE, gate, state update and mix.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AodPart(Scratch s, AodStateSet state, int app, int b, int j0, int w, ReadOnlySpan<float> qkvIn, CpuMatrix wQkv)
     {
         int D = _c.DQkv, hd = _c.HeadDim;
@@ -375,6 +379,7 @@ internal sealed class FastCpuDecoder : IDisposable
     }
 
     // 1 / rms(x), summed in double over 64-float chunks (as the reference's tolerance assumes).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float RmsScale(ReadOnlySpan<float> x)
     {
         double ss = 0;
@@ -478,6 +483,7 @@ internal sealed class FastCpuDecoder : IDisposable
         }
 
         /// <summary>Both threads call this the same number of times per token.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Barrier(int tid)
         {
             long mine, other;

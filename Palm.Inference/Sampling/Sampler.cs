@@ -1,5 +1,6 @@
 // Simple sampling for tools (trainer samples, demo): greedy at temperature 0, otherwise
 // temperature + top-k + top-p from the caller's seeded RNG via the sessions' TokenSampler.
+using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Sampling;
@@ -32,6 +33,7 @@ public static class Sampler
     }
 
     /// <summary>Index of the largest logit (first on ties).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int ArgMax(ReadOnlySpan<float> logits)
     {
         int best = 0;

@@ -5,6 +5,7 @@
 // Palm.Gpu.Kernels.Sample.Reference must pick what this picks): so every definition here is one
 // a kernel can reproduce without a sort, and the order of tokens is total (logit descending,
 // ties by ascending id).
+using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Sampling;
@@ -54,6 +55,7 @@ internal sealed class TokenSampler(int vocabSize)
     /// a caller may draw it before the logits exist (to sample on the GPU) and keep the session's
     /// RNG sequence the same whichever side samples.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public int Sample(ReadOnlySpan<float> logits, in SamplingSettings s, RecentTokens recent, double uniform)
     {
         int V = _work.Length;

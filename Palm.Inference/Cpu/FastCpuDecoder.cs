@@ -5,11 +5,16 @@
 //
 // Two cores for one sequence. A batch-1 token is ~1.7 M multiply-adds spread over ~35 small
 // matrix-vector products, so handing work to the thread pool per product would cost more than
-// the product. Instead the step is cut into two fixed PARTS (heads, channels and vocabulary rows
+// the product. Instead the step is cut into two fixed PARTS (heads, FFN channels and vocabulary rows
 // halved) and, where a second core exists, a dedicated worker thread runs part 1 while the
-// caller runs part 0, meeting at two spin barriers per block application (DecodeTeam). Products
+// caller runs part 0, meeting at one spin barrier per block application (DecodeTeam). Products
 // whose input is split (the projection after the AoD mix, the FFN's down linear) are computed as
-// per-part partial sums over their input columns and added part 0 + part 1 after the barrier.
+// per-part partial sums over their input columns, exchanged at the barrier and added part 0 +
+// part 1; after it BOTH threads compute the whole residual update (the projection's second
+// factor and the element-wise glue, ~15% of a block's work) into their own copy of the stream,
+// rather than half each and a second barrier to swap halves: measured on the development VM,
+// each barrier cost 1-3 us of waiting (the two threads' phases jitter by that much), more than
+// the duplicated work.
 // Because the partition is fixed and the partial sums are always added in the same order, one
 // thread running both parts produces bit-identical logits: batched steps (one sequence per pool
 // thread), a busy team and single-core machines all give the same text for the same seed.
@@ -37,8 +42,8 @@ internal sealed class FastCpuDecoder : IDisposable
     private readonly CpuWeights _w;
     private readonly double[] _freq;
     private readonly ThreadLocal<Scratch> _scratch;
-    // Part boundaries: heads, model channels, FFN channels and vocabulary rows (Parts + 1 each).
-    private readonly int[] _heads, _chans, _ffn, _vocab;
+    // Part boundaries: heads, FFN channels and vocabulary rows (Parts + 1 each).
+    private readonly int[] _heads, _ffn, _vocab;
     private readonly bool _useTeam;
     private DecodeTeam? _team;
     private int _teamBusy;
@@ -60,7 +65,6 @@ internal sealed class FastCpuDecoder : IDisposable
         _freq = CpuOps.RopeFrequencies(_c.HeadDim);
         _scratch = new ThreadLocal<Scratch>(() => new Scratch(_c));
         _heads = Split(_c.NHead, 1);
-        _chans = Split(_c.NEmbd, 16);
         _ffn = Split(Math.Max(_c.DFfn, 0), 16);
         _vocab = Split(_c.VocabSize, 16);
         int want = threads ?? (Environment.GetEnvironmentVariable("PALM_CPU_DECODE_THREADS") == "1" ? 1 : 2);
@@ -102,11 +106,17 @@ internal sealed class FastCpuDecoder : IDisposable
         public readonly float[] O = new float[2 * c.NEmbd], Tmp = new float[Math.Max(c.NEmbd, Math.Max(c.DFfn, 1))];
         public readonly float[] M = new float[Math.Max(1, 2 * c.DFfn)], Z = new float[Math.Max(1, c.DFfn)], F = new float[c.NEmbd];
         public readonly float[] Cos = new float[c.HeadDim / 2], Sin = new float[c.HeadDim / 2];
-        // Shared between the parts: the residual stream and the per-part partial sums. A thread
-        // running both parts alone uses its own; a team uses the caller's (the worker's are idle).
+        // The residual stream: every thread keeps the whole of it (each computes every update).
         public readonly float[] X = new float[c.NEmbd];
-        public readonly float[][] P = [new float[Math.Max(1, Math.Max(c.DRank, 2 * c.NEmbd))], new float[Math.Max(1, Math.Max(c.DRank, 2 * c.NEmbd))]];
-        public readonly float[][] P2 = [new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))], new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))]];
+        // Shared between the parts: the per-part partial sums, [application parity][part]. A thread
+        // running both parts alone uses its own; a team uses the caller's (the worker's are idle).
+        // Two sets by parity because, with one barrier per application, a thread may write the
+        // next application's sums while the other still reads this one's: it cannot get two ahead.
+        public readonly float[][][] P = [Sums(Math.Max(c.DRank, 2 * c.NEmbd)), Sums(Math.Max(c.DRank, 2 * c.NEmbd))];
+        public readonly float[][][] P2 = [Sums(Math.Max(c.DRank, c.NEmbd)), Sums(Math.Max(c.DRank, c.NEmbd))];
+
+        // Padded by a cache line on each side so the two threads' sums never share one.
+        private static float[][] Sums(int n) => [new float[Math.Max(1, n) + 32], new float[Math.Max(1, n) + 32]];
     }
 
     /// <summary>One token per sequence of <paramref name="state"/>; logits (B, V). Same contract as <see cref="CpuReferenceModel.Step"/>.</summary>
@@ -219,22 +229,18 @@ internal sealed class FastCpuDecoder : IDisposable
             s.Sin[j] = (float)Math.Sin(th);
         }
 
-        // Embedding (+ projection) and the input norm; each part writes its channels of X.
+        // Embedding (+ projection) and the input norm, whole in every thread.
         ReadOnlySpan<float> e = _w.Embed.Row(job.Token, s.Er);
         if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
-        float inv = RmsScale(e);
-        for (int part = p0; part < p1; part++)
-        {
-            int c0 = _chans[part], c1 = _chans[part + 1];
-            if (c1 > c0) TensorPrimitives.Multiply(e[c0..c1], inv, sh.X.AsSpan(c0, c1 - c0));
-        }
-        team?.Barrier(tid);
+        TensorPrimitives.Multiply(e, RmsScale(e), s.X);
 
         for (int app = 0; app < c.Applications; app++)
         {
             var bp = _w.Blocks[c.BlockOfApplication(app)];
-            // Phase A: every part reads the whole residual stream; it is written only in phase B.
-            TensorPrimitives.Multiply(sh.X, RmsScale(sh.X), s.H);
+            // Phase A: this thread's parts, from its own copy of the residual stream.
+            var P = sh.P[app & 1];
+            var P2 = sh.P2[app & 1];
+            TensorPrimitives.Multiply(s.X, RmsScale(s.X), s.H);
             var qkvIn = s.H.AsSpan();
             if (bp.Qkv.Factorized)
             {
@@ -254,7 +260,7 @@ internal sealed class FastCpuDecoder : IDisposable
                 if (w > 0) AodPart(s, state, app, b, j0, w, qkvIn, wQkv);
                 // Projection input is split by heads: this part's partial sum over its columns.
                 var wp = bp.Proj.Factorized ? bp.Proj.W1! : bp.Proj.W!;
-                wp.MatVecCols(j0, w, s.Y.AsSpan(j0, w), sh.P[part].AsSpan(0, wp.Rows));
+                wp.MatVecCols(j0, w, s.Y.AsSpan(j0, w), P[part].AsSpan(0, wp.Rows));
                 if (ffn)
                 {
                     int F = c.DFfn, f0 = _ffn[part], f1 = _ffn[part + 1], fw = f1 - f0;
@@ -271,60 +277,52 @@ internal sealed class FastCpuDecoder : IDisposable
                         TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
                     }
                     var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
-                    wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), sh.P2[part].AsSpan(0, wd.Rows));
+                    wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), P2[part].AsSpan(0, wd.Rows));
                 }
             }
             team?.Barrier(tid);
 
-            // Phase B: partial sums added in part order (so the thread count never changes a bit),
-            // then each part updates its channels of the residual stream.
+            // Phase B, whole in every thread: partial sums added in part order (so the thread count
+            // never changes a bit), then the residual update of every channel.
             ReadOnlySpan<float> projU = default, downU = default;
             if (bp.Proj.Factorized)
             {
                 int r = bp.Proj.W1!.Rows;
-                TensorPrimitives.Add(sh.P[0].AsSpan(0, r), sh.P[1].AsSpan(0, r), s.U2.AsSpan(0, r));
+                TensorPrimitives.Add(P[0].AsSpan(0, r), P[1].AsSpan(0, r), s.U2.AsSpan(0, r));
                 projU = s.U2.AsSpan(0, r);
             }
             if (ffn && bp.Down!.Factorized)
             {
                 int r = bp.Down.W1!.Rows;
-                TensorPrimitives.Add(sh.P2[0].AsSpan(0, r), sh.P2[1].AsSpan(0, r), s.Ud.AsSpan(0, r));
+                TensorPrimitives.Add(P2[0].AsSpan(0, r), P2[1].AsSpan(0, r), s.Ud.AsSpan(0, r));
                 downU = s.Ud.AsSpan(0, r);
             }
-            for (int part = p0; part < p1; part++)
             {
-                int c0 = _chans[part], c1 = _chans[part + 1], cw = c1 - c0;
-                if (cw == 0) continue;
-                var a = s.O.AsSpan(c0, cw);
-                var gt = s.O.AsSpan(C + c0, cw);
-                if (bp.Proj.Factorized)
-                {
-                    bp.Proj.W2!.MatVecRows(c0, cw, projU, a);
-                    bp.Proj.W2!.MatVecRows(C + c0, cw, projU, gt);
-                }
+                var a = s.O.AsSpan(0, C);
+                var gt = s.O.AsSpan(C, C);
+                if (bp.Proj.Factorized) bp.Proj.W2!.MatVec(projU, s.O.AsSpan(0, 2 * C));
                 else
                 {
-                    TensorPrimitives.Add(sh.P[0].AsSpan(c0, cw), sh.P[1].AsSpan(c0, cw), a);
-                    TensorPrimitives.Add(sh.P[0].AsSpan(C + c0, cw), sh.P[1].AsSpan(C + c0, cw), gt);
+                    TensorPrimitives.Add(P[0].AsSpan(0, C), P[1].AsSpan(0, C), a);
+                    TensorPrimitives.Add(P[0].AsSpan(C, C), P[1].AsSpan(C, C), gt);
                 }
-                var x = sh.X.AsSpan(c0, cw);
-                var t = s.Tmp.AsSpan(c0, cw);
+                var x = s.X.AsSpan();
+                var t = s.Tmp.AsSpan(0, C);
                 TensorPrimitives.Sigmoid(gt, t);
                 TensorPrimitives.Multiply(t, gt, t);
                 TensorPrimitives.FusedMultiplyAdd(a, t, x, x);             // x += a·silu(g)
                 if (ffn)
                 {
-                    var f = s.F.AsSpan(c0, cw);
-                    if (bp.Down!.Factorized) bp.Down.W2!.MatVecRows(c0, cw, downU, f);
-                    else TensorPrimitives.Add(sh.P2[0].AsSpan(c0, cw), sh.P2[1].AsSpan(c0, cw), f);
+                    var f = s.F.AsSpan();
+                    if (bp.Down!.Factorized) bp.Down.W2!.MatVec(downU, f);
+                    else TensorPrimitives.Add(P2[0].AsSpan(0, C), P2[1].AsSpan(0, C), f);
                     TensorPrimitives.Add(x, f, x);
                 }
             }
-            team?.Barrier(tid);
         }
 
         // Final norm and unembedding: each part writes its vocabulary rows.
-        TensorPrimitives.Multiply(sh.X, RmsScale(sh.X), s.Xf);
+        TensorPrimitives.Multiply(s.X, RmsScale(s.X), s.Xf);
         ReadOnlySpan<float> unIn = s.Xf;
         var un = _w.Unembed;
         if (un.Factorized)

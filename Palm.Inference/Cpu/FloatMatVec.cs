@@ -81,6 +81,7 @@ internal static class FloatMatVec
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe int MatVec16Rows(float* pw, long ld, int n, int k, float* px, float* py)
     {
+        if (k == 64) return MatVec16RowsK64(pw, ld, n, px, py);
         int i = 0;
         for (; i + 16 <= n; i += 16)
         {
@@ -116,6 +117,39 @@ internal static class FloatMatVec
             Reduce16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15).Store(py + i);
         }
         return i;
+    }
+
+    /// <summary>
+    /// MatVec16Rows for rows of exactly 64 floats (the factorized linears' second factors at rank
+    /// 64, most of a `small` token's work): x stays in four registers and each row's four loads
+    /// are consecutive, so a 16-row block is read front to back (the general loop's order, one
+    /// 64-byte line from each of 16 rows in turn, measured ~6% slower on decode's weight stream).
+    /// Each row's sum is ((w0·x0 + w1·x1) + w2·x2) + w3·x3 lane-wise, as in the general loop.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe int MatVec16RowsK64(float* pw, long ld, int n, float* px, float* py)
+    {
+        var x0 = Vector512.Load(px); var x1 = Vector512.Load(px + 16); var x2 = Vector512.Load(px + 32); var x3 = Vector512.Load(px + 48);
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+        {
+            float* b = pw + i * ld;
+            // Accumulator s holds row 4*(s%4) + s/4, as in MatVec16Rows (Reduce16's order).
+            var a0 = Row(b, x0, x1, x2, x3); var a4 = Row(b + ld, x0, x1, x2, x3); var a8 = Row(b + 2 * ld, x0, x1, x2, x3); var a12 = Row(b + 3 * ld, x0, x1, x2, x3);
+            var a1 = Row(b + 4 * ld, x0, x1, x2, x3); var a5 = Row(b + 5 * ld, x0, x1, x2, x3); var a9 = Row(b + 6 * ld, x0, x1, x2, x3); var a13 = Row(b + 7 * ld, x0, x1, x2, x3);
+            var a2 = Row(b + 8 * ld, x0, x1, x2, x3); var a6 = Row(b + 9 * ld, x0, x1, x2, x3); var a10 = Row(b + 10 * ld, x0, x1, x2, x3); var a14 = Row(b + 11 * ld, x0, x1, x2, x3);
+            var a3 = Row(b + 12 * ld, x0, x1, x2, x3); var a7 = Row(b + 13 * ld, x0, x1, x2, x3); var a11 = Row(b + 14 * ld, x0, x1, x2, x3); var a15 = Row(b + 15 * ld, x0, x1, x2, x3);
+            Reduce16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15).Store(py + i);
+        }
+        return i;
+
+        // The general loop's chain (zero accumulator first), so both give the same bits.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static Vector512<float> Row(float* r, Vector512<float> x0, Vector512<float> x1, Vector512<float> x2, Vector512<float> x3) =>
+            Avx512F.FusedMultiplyAdd(Vector512.Load(r + 48), x3,
+                Avx512F.FusedMultiplyAdd(Vector512.Load(r + 32), x2,
+                    Avx512F.FusedMultiplyAdd(Vector512.Load(r + 16), x1,
+                        Avx512F.FusedMultiplyAdd(Vector512.Load(r), x0, Vector512<float>.Zero))));
     }
 
     /// <summary>

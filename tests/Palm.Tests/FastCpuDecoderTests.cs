@@ -235,4 +235,30 @@ public class FastCpuMatVecTests
         // |terms| <= 1: float32 summation error stays below k * 2^-24 * k.
         Numerics.AssertClose(y, expected.Select(v => (float)v).ToArray(), 1e-6 * k, 1e-5, $"seed {seed} matvec {n}x{k}");
     }
+
+    // A column slice (row stride ld > k), as the decoder's per-part products read: k = 64 takes
+    // the row-sequential kernel, which must honour the stride.
+    [Theory]
+    [InlineData(35, 64, 80)]
+    [InlineData(16, 64, 128)]
+    [InlineData(20, 32, 48)]
+    public unsafe void MatVecOnAColumnSliceMatchesFloat64(int n, int k, int ld)
+    {
+        ulong seed = TestSeed.Next();
+        var rng = new Rng(seed);
+        var w = Enumerable.Range(0, n * ld).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var x = Enumerable.Range(0, k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var y = Enumerable.Repeat(float.NaN, n).ToArray();
+        const int col0 = 5;
+        fixed (float* pw = w) fixed (float* px = x) fixed (float* py = y)
+            FloatMatVec.MatVec(pw + col0, ld, n, k, px, py);
+        var expected = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            double e = 0;
+            for (int p = 0; p < k; p++) e += (double)w[i * ld + col0 + p] * x[p];
+            expected[i] = (float)e;
+        }
+        Numerics.AssertClose(y, expected, 1e-6 * k, 1e-5, $"seed {seed} matvec {n}x{k} of stride {ld}");
+    }
 }

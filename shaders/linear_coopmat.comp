@@ -86,13 +86,17 @@ void acc_zero() {
 void load_a(uint f, uint at) { a_at[f] = at; }
 void load_b(uint f, uint at) { b_at[f] = at; }
 void mma(uint fm, uint fn) {
-    // Not unrolled: lavapipe's compiler otherwise spends tens of seconds on the unrolled body.
+    // The element loop stays rolled: unrolled with the k loop, lavapipe's compiler spends tens of
+    // seconds on it. Only this one: lavapipe (Mesa 22.3) ends a shader's rolled loops after
+    // 65535 iterations in total per invocation (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS), which
+    // with this loop alone bounds K to about 2048 at 4 x 4 fragments; a rolled k loop as well
+    // made that 128 and silently wrong.
     [[dont_unroll]] for (uint e = 0; e < ELEMS; e++) {
         const uint i = gl_SubgroupInvocationID + e * SG;
         const uint r = i / TN, c = i % TN;
         float s = acc[(fm * FN + fn) * ELEMS + e];
         // A (TM x TK) row-major at a_at, B (TK x TN) column-major at b_at, both with stride LDS.
-        [[dont_unroll]] for (uint k = 0; k < TK; k++) s += float(xs[a_at[fm] + r * LDS + k]) * float(ws[b_at[fn] + c * LDS + k]);
+        for (uint k = 0; k < TK; k++) s += float(xs[a_at[fm] + r * LDS + k]) * float(ws[b_at[fn] + c * LDS + k]);
         acc[(fm * FN + fn) * ELEMS + e] = s;
     }
 }

@@ -119,6 +119,7 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
     [InlineData(65, 129, 33, false, true, 16, 8, 16, 2, 2, 2, 1, 32)]    // a 16x8 shape; K not a multiple of 8: element staging
     [InlineData(17, 31, 67, true, false, 16, 16, 16, 2, 2, 1, 1, 16)]
     [InlineData(130, 48, 40, false, false, 16, 16, 16, 2, 1, 2, 1, 16)]  // BK 16: K in three steps, the last partial
+    [InlineData(130, 40, 264, false, true, 16, 16, 16, 2, 2, 4, 4, 32)]  // the GPU layout (4 x 4 fragments), 9 K steps
     public void LinearCoopMat_emulated_matches_reference(int M, int N, int K, bool relu2, bool xHalf,
         int TM, int TN, int TK, int SM, int SN, int FM, int FN, int BK)
     {

@@ -3,11 +3,22 @@
 // dequantized element by element while the tile is loaded; no float copy of W exists anywhere.
 // -D F16: W arrives as IEEE half floats (half the bytes of f32; accumulation stays f32). Halves are
 // read in pairs from 32-bit words, so no 16-bit storage feature is needed: any Vulkan 1.2 device.
+// -D HALF: f16 arithmetic. W is read as float16_t (storageBuffer16BitAccess), X too with -D X_HALF,
+// else X is f32 and rounded to half as it is staged; tiles sit in shared memory as halves, each
+// product is an f16 multiply and the sums stay f32 (shaderFloat16). CPU twin: Linear.ReferenceHalf.
 // Both operands are K-contiguous (torch's linear layout), so every tile load below reads
 // consecutive k from consecutive invocations: coalesced on real GPUs.
 // Each workgroup owns a BM x BN block of y and walks K in BK steps through shared memory;
 // each invocation accumulates an RM x RN micro-tile in registers.
 #version 450
+#ifdef HALF
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#extension GL_EXT_shader_16bit_storage : require
+// The element type of the staged tiles and of the products.
+#define ELEM float16_t
+#else
+#define ELEM float
+#endif
 
 // Tile sizes are specialization constants (CONVENTIONS); the host sets WG = (BM/RM)*(BN/RN).
 layout(constant_id = 0) const uint BM = 64;
@@ -40,8 +51,15 @@ layout(push_constant) uniform LinearPush {
     uint K;
 } p;
 
+#ifdef X_HALF
+layout(std430, binding = 0) readonly buffer X { float16_t x[]; };  // (M, K)
+#else
 layout(std430, binding = 0) readonly buffer X { float x[]; };   // (M, K)
-#ifdef F16
+#endif
+#ifdef HALF
+layout(std430, binding = 1) readonly buffer W { float16_t w[]; };  // (N, K)
+float16_t load_w(uint i) { return w[i]; }
+#elif defined(F16)
 layout(std430, binding = 1) readonly buffer W { uint w2[]; };   // (N, K) halves, element 2j low
 float load_w(uint i) { return unpackHalf2x16(w2[i >> 1])[i & 1u]; }
 #else
@@ -53,8 +71,8 @@ layout(std430, binding = 2) writeonly buffer Y { float y[]; };  // (M, N)
 
 // Stored k-major ([k][m]) so the inner product loop reads RM (RN) neighbours per k.
 // The +1 pad staggers the transposing store across banks.
-shared float xs[BK * (BM + 1)];
-shared float ws[BK * (BN + 1)];
+shared ELEM xs[BK * (BM + 1)];
+shared ELEM ws[BK * (BN + 1)];
 
 void main() {
     const uint tid = gl_LocalInvocationID.x;
@@ -73,23 +91,33 @@ void main() {
         for (uint i = tid; i < BM * BK; i += wg) {
             const uint r = i / BK, c = i % BK;
             const uint gm = m0 + r, gk = k0 + c;
-            xs[c * (BM + 1) + r] = (gm < p.M && gk < p.K) ? x[gm * p.K + gk] : 0.0;
+            // With -D HALF and f32 X this conversion is the rounding to half (RTE on the devices
+            // seen; Vulkan leaves f32 -> f16 rounding to the implementation).
+            xs[c * (BM + 1) + r] = (gm < p.M && gk < p.K) ? ELEM(x[gm * p.K + gk]) : ELEM(0.0);
         }
         for (uint i = tid; i < BN * BK; i += wg) {
             const uint r = i / BK, c = i % BK;
             const uint gn = n0 + r, gk = k0 + c;
-            ws[c * (BN + 1) + r] = (gn < p.N && gk < p.K) ? load_w(gn * p.K + gk) : 0.0;
+            ws[c * (BN + 1) + r] = (gn < p.N && gk < p.K) ? ELEM(load_w(gn * p.K + gk)) : ELEM(0.0);
         }
         barrier();
 
         for (uint k = 0; k < BK; k++) {
-            float a[RM];
-            float b[RN];
+            ELEM a[RM];
+            ELEM b[RN];
             for (uint i = 0; i < RM; i++) a[i] = xs[k * (BM + 1) + tm * RM + i];
             for (uint j = 0; j < RN; j++) b[j] = ws[k * (BN + 1) + tn * RN + j];
             for (uint i = 0; i < RM; i++)
-                for (uint j = 0; j < RN; j++)
+                for (uint j = 0; j < RN; j++) {
+#ifdef HALF
+                    // precise: the product must be rounded to half before the f32 add; a
+                    // compiler may otherwise fuse the widening into an f32 fma (exact product).
+                    precise float16_t prod = a[i] * b[j];
+                    acc[i * RN + j] += float(prod);
+#else
                     acc[i * RN + j] = fma(a[i], b[j], acc[i * RN + j]);
+#endif
+                }
         }
         barrier();
     }

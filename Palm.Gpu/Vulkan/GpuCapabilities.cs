@@ -19,6 +19,18 @@ internal sealed record GpuCapabilities
 
     public required bool ShaderFloat16 { get; init; }
     public required bool StorageBuffer16BitAccess { get; init; }
+    /// <summary>f16 arithmetic on f16 buffers (linear_half, and a prerequisite of linear_coopmat); both features are enabled when present.</summary>
+    public bool HalfArithmetic => ShaderFloat16 && StorageBuffer16BitAccess;
+    public required bool VulkanMemoryModel { get; init; }
+
+    /// <summary>Every cooperative-matrix shape the device reports (KHR and NV lists), for the record.</summary>
+    public required IReadOnlyList<CoopMatProperty> CooperativeMatrixProperties { get; init; }
+    /// <summary>
+    /// The VK_NV_cooperative_matrix shape (f16 * f16 + f32 -> f32, subgroup scope) that linear_coopmat
+    /// runs, enabled at device creation; null when the device lacks one or a prerequisite
+    /// (half arithmetic, the Vulkan memory model, compute-stage support).
+    /// </summary>
+    public required CoopMatShape? CooperativeMatrix { get; init; }
 
     public required bool Timestamps { get; init; }
     /// <summary>Nanoseconds per timestamp tick.</summary>
@@ -39,6 +51,7 @@ internal sealed record GpuCapabilities
 
     public override string ToString() =>
         $"{DeviceName} ({DeviceType}, Vulkan {ApiVersion}), subgroup {SubgroupSize} [{MinSubgroupSize}..{MaxSubgroupSize}]" +
-        $"{(SubgroupArithmetic ? " arith" : "")}{(SubgroupShuffle ? " shuffle" : "")}, fp16 {ShaderFloat16}, " +
+        $"{(SubgroupArithmetic ? " arith" : "")}{(SubgroupShuffle ? " shuffle" : "")}, fp16 {ShaderFloat16}, 16-bit storage {StorageBuffer16BitAccess}, " +
+        $"cooperative matrix {(CooperativeMatrix is { } s ? "NV " + s : "none")}, " +
         $"timestamps {Timestamps}, shared {MaxSharedMemoryBytes / 1024} KiB, mapped device memory {DeviceLocalIsHostVisible}";
 }

@@ -47,7 +47,7 @@ internal sealed unsafe class VulkanContext : IDisposable
 
         vk.GetPhysicalDeviceMemoryProperties(physical, out var memProps);
         MemoryProperties = memProps;
-        Capabilities = QueryCapabilities(vk, physical, family, memProps, options.ForceStaging);
+        Capabilities = QueryCapabilities(vk, instance, physical, family, memProps, options.ForceStaging);
         Device = CreateDevice(vk, physical, family, Capabilities);
         vk.GetDeviceQueue(Device, family, 0, out var queue);
         Queue = queue;
@@ -214,13 +214,21 @@ internal sealed unsafe class VulkanContext : IDisposable
         return any;
     }
 
-    static GpuCapabilities QueryCapabilities(Vk vk, PhysicalDevice pd, uint family, PhysicalDeviceMemoryProperties mem, bool forceStaging)
+    static GpuCapabilities QueryCapabilities(Vk vk, Instance instance, PhysicalDevice pd, uint family, PhysicalDeviceMemoryProperties mem, bool forceStaging)
     {
+        var extensions = CooperativeMatrix.DeviceExtensions(vk, pd);
+        var hasNvCoopMat = extensions.Contains(CooperativeMatrix.NvExtension);
         var subgroup = new PhysicalDeviceSubgroupProperties { SType = StructureType.PhysicalDeviceSubgroupProperties };
         var sizeControl = new PhysicalDeviceSubgroupSizeControlProperties { SType = StructureType.PhysicalDeviceSubgroupSizeControlProperties };
+        var coopProps = new PhysicalDeviceCooperativeMatrixPropertiesNV { SType = StructureType.PhysicalDeviceCooperativeMatrixPropertiesNV };
         vk.GetPhysicalDeviceProperties(pd, out var basic);
         var v13 = basic.ApiVersion >= Vk.Version13;
         subgroup.PNext = v13 ? &sizeControl : null;
+        if (hasNvCoopMat)
+        {
+            coopProps.PNext = subgroup.PNext;
+            subgroup.PNext = &coopProps;
+        }
         var props2 = new PhysicalDeviceProperties2 { SType = StructureType.PhysicalDeviceProperties2, PNext = &subgroup };
         vk.GetPhysicalDeviceProperties2(pd, &props2);
         var props = props2.Properties;
@@ -229,8 +237,22 @@ internal sealed unsafe class VulkanContext : IDisposable
         var f11 = new PhysicalDeviceVulkan11Features { SType = StructureType.PhysicalDeviceVulkan11Features };
         var f12 = new PhysicalDeviceVulkan12Features { SType = StructureType.PhysicalDeviceVulkan12Features, PNext = &f11 };
         var f13 = new PhysicalDeviceVulkan13Features { SType = StructureType.PhysicalDeviceVulkan13Features, PNext = &f12 };
+        var coopFeatures = new PhysicalDeviceCooperativeMatrixFeaturesNV { SType = StructureType.PhysicalDeviceCooperativeMatrixFeaturesNV };
         var features = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = v13 ? &f13 : &f12 };
+        if (hasNvCoopMat)
+        {
+            coopFeatures.PNext = features.PNext;
+            features.PNext = &coopFeatures;
+        }
         vk.GetPhysicalDeviceFeatures2(pd, &features);
+
+        // linear_coopmat also needs half arithmetic (its staging), the Vulkan memory model
+        // (GL_NV_cooperative_matrix requires it in SPIR-V) and one fixed subgroup size (its
+        // indexing is laid out for the size the host passes).
+        var coopList = CooperativeMatrix.Query(vk, instance, pd, extensions);
+        var coopUsable = hasNvCoopMat && coopFeatures.CooperativeMatrix && f12.VulkanMemoryModel && f12.ShaderFloat16
+                         && f11.StorageBuffer16BitAccess && (coopProps.CooperativeMatrixSupportedStages & ShaderStageFlags.ComputeBit) != 0
+                         && (!v13 || sizeControl.MinSubgroupSize == sizeControl.MaxSubgroupSize);
 
         uint count = 0;
         vk.GetPhysicalDeviceQueueFamilyProperties(pd, ref count, null);
@@ -257,6 +279,9 @@ internal sealed unsafe class VulkanContext : IDisposable
             SubgroupBallot = computeStage && (ops & SubgroupFeatureFlags.BallotBit) != 0,
             ShaderFloat16 = f12.ShaderFloat16,
             StorageBuffer16BitAccess = f11.StorageBuffer16BitAccess,
+            VulkanMemoryModel = f12.VulkanMemoryModel,
+            CooperativeMatrixProperties = coopList,
+            CooperativeMatrix = coopUsable ? CooperativeMatrix.Choose(coopList) : null,
             Timestamps = tsBits > 0 && limits.TimestampPeriod > 0,
             TimestampPeriodNs = limits.TimestampPeriod,
             TimestampValidBits = tsBits,
@@ -281,8 +306,10 @@ internal sealed unsafe class VulkanContext : IDisposable
             QueueCount = 1,
             PQueuePriorities = &priority,
         };
-        // Enable only what is both supported and useful to later kernels (fp16 weights,
-        // subgroup-size control); an unsupported feature would fail device creation.
+        // Enable only what is both supported and useful to later kernels (fp16 weights and f16
+        // arithmetic, subgroup-size control, cooperative matrices); an unsupported feature would
+        // fail device creation.
+        var coop = caps.CooperativeMatrix is not null;
         var f11 = new PhysicalDeviceVulkan11Features
         {
             SType = StructureType.PhysicalDeviceVulkan11Features,
@@ -293,6 +320,7 @@ internal sealed unsafe class VulkanContext : IDisposable
             SType = StructureType.PhysicalDeviceVulkan12Features,
             PNext = &f11,
             ShaderFloat16 = caps.ShaderFloat16,
+            VulkanMemoryModel = coop,
         };
         var f13 = new PhysicalDeviceVulkan13Features
         {
@@ -301,15 +329,31 @@ internal sealed unsafe class VulkanContext : IDisposable
             SubgroupSizeControl = caps.SubgroupSizeControl,
             ComputeFullSubgroups = caps.SubgroupSizeControl,
         };
-        var info = new DeviceCreateInfo
+        var coopFeatures = new PhysicalDeviceCooperativeMatrixFeaturesNV
         {
-            SType = StructureType.DeviceCreateInfo,
+            SType = StructureType.PhysicalDeviceCooperativeMatrixFeaturesNV,
             PNext = caps.ApiVersion >= new Version(1, 3) ? &f13 : &f12,
-            QueueCreateInfoCount = 1,
-            PQueueCreateInfos = &queueInfo,
+            CooperativeMatrix = true,
         };
-        vk.CreateDevice(pd, &info, null, out var device).Check("vkCreateDevice");
-        return device;
+        var extensions = (byte**)SilkMarshal.StringArrayToPtr(coop ? new[] { CooperativeMatrix.NvExtension } : []);
+        try
+        {
+            var info = new DeviceCreateInfo
+            {
+                SType = StructureType.DeviceCreateInfo,
+                PNext = coop ? &coopFeatures : coopFeatures.PNext,
+                QueueCreateInfoCount = 1,
+                PQueueCreateInfos = &queueInfo,
+                EnabledExtensionCount = coop ? 1u : 0u,
+                PpEnabledExtensionNames = coop ? extensions : null,
+            };
+            vk.CreateDevice(pd, &info, null, out var device).Check("vkCreateDevice");
+            return device;
+        }
+        finally
+        {
+            SilkMarshal.Free((nint)extensions);
+        }
     }
 
     /// <summary>A tensor in device memory, sub-allocated from a shared block. Contents undefined.</summary>

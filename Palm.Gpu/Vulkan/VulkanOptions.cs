@@ -29,6 +29,15 @@ internal sealed record VulkanOptions
     /// </summary>
     public bool? HostSampling { get; init; }
 
+    /// <summary>
+    /// Linears with f16 weights multiply in half precision (f32 sums): through cooperative matrices
+    /// where the device has them (M of at least <c>Linear.CoopMatMinRows</c>), else the f16 SIMT
+    /// kernel where it has shaderFloat16 and 16-bit storage, else as before (PALM_VK_HALF_ARITH=1).
+    /// Off by default: activations rounded to half cost accuracy (about 1e-3 relative), and neither
+    /// kernel has been measured faster than the f32-arithmetic one on a real GPU yet.
+    /// </summary>
+    public bool HalfArithmetic { get; init; }
+
     /// <summary>Size of the device memory blocks that tensors are sub-allocated from.</summary>
     public ulong BlockBytes { get; init; } = 64UL << 20;
 
@@ -39,6 +48,7 @@ internal sealed record VulkanOptions
         PipelineCacheDir = NullIfEmpty(Environment.GetEnvironmentVariable("PALM_VK_CACHE_DIR")) ?? DefaultCacheDir(),
         Profile = Environment.GetEnvironmentVariable("PALM_VK_PROFILE") == "1",
         HostSampling = Environment.GetEnvironmentVariable("PALM_VK_HOST_SAMPLING") switch { "1" => true, "0" => false, _ => null },
+        HalfArithmetic = Environment.GetEnvironmentVariable("PALM_VK_HALF_ARITH") == "1",
     };
 
     static string? NullIfEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;

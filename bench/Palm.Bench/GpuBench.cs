@@ -1,6 +1,8 @@
 // Vulkan throughput on whatever device is present (lavapipe here, a real GPU through
-// scripts/gpu-check.sh): fp32 matmul GFLOP/s on square and decode shapes, and full-forward
-// tokens/s of a preset beside the CPU reference in the same run.
+// scripts/gpu-check.sh): matmul GFLOP/s on square and decode shapes for the fp32 kernel, the
+// f16-arithmetic one and (where the device has it) the cooperative-matrix one, each checked on
+// sampled outputs against its CPU twin; and full-forward tokens/s of a preset beside the CPU
+// reference in the same run.
 using System.Diagnostics;
 using System.Globalization;
 using Palm.Gpu;
@@ -15,13 +17,15 @@ namespace Palm.Bench;
 public static class GpuBench
 {
     /// <summary>
-    /// Usage: <c>[--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward] [--batch 8] [--aod-scans]</c>.
+    /// Usage: <c>[--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward] [--batch 8] [--aod-scans] [--matmul-tsv FILE]</c>.
     /// --aod-scans adds a Vulkan forward row with the AoD scan forced sequential, beside the default (chunked for long T).
+    /// --matmul-tsv also writes the matmul rows as tab-separated values (scripts/gpu-check.sh sets them beside cuBLAS).
     /// </summary>
     public static int Run(string[] args)
     {
         var sizes = new List<int> { 256, 512, 1024 };
         string preset = "small"; int reps = 3, batch = 8; bool forward = true, scans = false;
+        string? tsv = null;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -32,7 +36,8 @@ public static class GpuBench
                 case "--no-forward": forward = false; break;
                 case "--batch" when i + 1 < args.Length: batch = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--aod-scans": scans = true; break;
-                default: Console.Error.WriteLine($"gpu bench: unknown argument '{args[i]}'. Usage: [--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward] [--batch 8] [--aod-scans]"); return 2;
+                case "--matmul-tsv" when i + 1 < args.Length: tsv = args[++i]; break;
+                default: Console.Error.WriteLine($"gpu bench: unknown argument '{args[i]}'. Usage: [--sizes 256,512,1024] [--config small] [--reps 3] [--no-forward] [--batch 8] [--aod-scans] [--matmul-tsv FILE]"); return 2;
             }
         }
         VulkanContext ctx;
@@ -42,38 +47,114 @@ public static class GpuBench
         {
             var caps = ctx.Capabilities;
             Console.WriteLine($"Palm.Bench gpu: {caps.DeviceName} ({caps.DeviceType}), Vulkan {caps.ApiVersion}, subgroup {caps.SubgroupSize}");
-            Console.WriteLine("| shape M x N x K | GFLOP/s (wall, median) | ms per matmul |");
-            Console.WriteLine("|---|---|---|");
+            Console.WriteLine($"  f16 arithmetic: {(caps.HalfArithmetic ? "yes" : "no (shaderFloat16 or storageBuffer16BitAccess missing)")}; " +
+                              $"cooperative matrix: {(caps.CooperativeMatrix is { } cm ? $"NV {cm}" : "none usable")}");
+            foreach (var prop in caps.CooperativeMatrixProperties) Console.WriteLine($"  reported: {prop}");
+            Console.WriteLine("| shape M x N x K | kernel | GFLOP/s (wall, median) | ms per matmul | max err / Σ|x·w| (64 sampled outputs vs CPU twin) |");
+            Console.WriteLine("|---|---|---|---|---|");
             var shapes = sizes.Select(s => (s, s, s)).Concat([(1, 1536, 256), (1, 4096, 256)]).ToList();
-            foreach (var (m, n, k) in shapes) MatMul(ctx, m, n, k, reps);
+            var rows = new List<string>();
+            foreach (var (m, n, k) in shapes) rows.AddRange(MatMul(ctx, m, n, k, reps));
+            if (tsv is not null)
+                File.WriteAllLines(tsv, rows.Prepend("m\tn\tk\tkernel\tgflops\tms\terr"));
             if (forward) Forward(ctx, preset, reps, batch, scans);
         }
         return 0;
     }
 
-    private static void MatMul(VulkanContext ctx, int m, int n, int k, int reps)
+    private enum MatMulKernel { F32, Half, CoopMat }
+
+    /// <summary>One table row per kernel the device runs; returns the same rows tab-separated.</summary>
+    private static List<string> MatMul(VulkanContext ctx, int m, int n, int k, int reps)
     {
         var rng = new Rng(3);
         var x = new float[m * k]; var w = new float[n * k];
         for (int i = 0; i < x.Length; i++) x[i] = (float)rng.NextGaussian();
         for (int i = 0; i < w.Length; i++) w[i] = (float)rng.NextGaussian();
-        using var tx = ctx.CreateTensor(x, GpuDType.F32, m, k);
-        using var tw = ctx.CreateTensor(w, GpuDType.F32, n, k);
-        using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
-        using var rec = new CommandRecorder(ctx);
-        // Enough dispatches per submission that submit + wait overhead is amortised.
-        int perSubmit = (int)Math.Clamp(2e9 / (2.0 * m * n * k), 1, 200);
-        void Once()
+        var caps = ctx.Capabilities;
+        var kernels = new List<MatMulKernel> { MatMulKernel.F32 };
+        if (caps.HalfArithmetic) kernels.Add(MatMulKernel.Half);
+        if (caps.CooperativeMatrix is not null) kernels.Add(MatMulKernel.CoopMat);
+        var rows = new List<string>();
+        foreach (var kernel in kernels)
         {
-            for (int i = 0; i < perSubmit; i++) Linear.Record(rec, ctx, tx, tw, false, ty);
-            rec.Submit();
+            // fp32 runs on f32 buffers; the half kernels on x and W both stored as f16.
+            var dtype = kernel == MatMulKernel.F32 ? GpuDType.F32 : GpuDType.F16;
+            using var tx = ctx.CreateTensor(x, dtype, m, k);
+            using var tw = ctx.CreateTensor(w, dtype, n, k);
+            using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
+            using var rec = new CommandRecorder(ctx);
+            var coopTile = caps.CooperativeMatrix is { } shape ? Linear.ChooseCoopMatTile(m, shape, caps) : default;
+            void Record()
+            {
+                switch (kernel)
+                {
+                    case MatMulKernel.F32: Linear.Record(rec, ctx, tx, tw, false, ty); break;
+                    case MatMulKernel.Half: Linear.RecordHalf(rec, ctx, tx, tw, false, ty); break;
+                    default: Linear.RecordCoopMat(rec, ctx, tx, tw, false, ty, coopTile); break;
+                }
+            }
+            // Enough dispatches per submission that submit + wait overhead is amortised.
+            int perSubmit = (int)Math.Clamp(2e9 / (2.0 * m * n * k), 1, 200);
+            void Once()
+            {
+                for (int i = 0; i < perSubmit; i++) Record();
+                rec.Submit();
+            }
+            Once();
+            var times = new List<double>();
+            for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); Once(); times.Add(sw.Elapsed.TotalSeconds / perSubmit); }
+            times.Sort();
+            double med = times[times.Count / 2];
+            var y = new float[m * n];
+            ty.Download(y);
+            double err = SampledError(kernel, x, w, y, m, n, k);
+            string name = kernel switch
+            {
+                MatMulKernel.F32 => "fp32 (linear)",
+                MatMulKernel.Half => "f16 arithmetic (linear_half_xhalf)",
+                _ => $"coopmat NV {caps.CooperativeMatrix} (linear_coopmat_xhalf)",
+            };
+            // Past these the kernel is wrong, not imprecise: fp32 and linear_half match their twins'
+            // rounding; matrix units may also truncate inside their sums (tests: Tolerance.ForMatrixUnits).
+            var bad = err > (kernel == MatMulKernel.CoopMat ? 1e-3 : 1e-4) || double.IsNaN(err);
+            double gflops = 2.0 * m * n * k / med / 1e9;
+            Console.WriteLine($"| {m} x {n} x {k} | {name} | {gflops:F2} | {med * 1000:F3} | {err:G2}{(bad ? " WRONG" : "")} |");
+            rows.Add(string.Join('\t', m, n, k, kernel.ToString().ToLowerInvariant(), gflops.ToString("F2", CultureInfo.InvariantCulture),
+                (med * 1000).ToString("F4", CultureInfo.InvariantCulture), err.ToString("G3", CultureInfo.InvariantCulture)));
         }
-        Once();
-        var times = new List<double>();
-        for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); Once(); times.Add(sw.Elapsed.TotalSeconds / perSubmit); }
-        times.Sort();
-        double med = times[times.Count / 2];
-        Console.WriteLine($"| {m} x {n} x {k} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} |");
+        return rows;
+    }
+
+    /// <summary>
+    /// The largest |y - twin| over 64 sampled outputs, each divided by Σ_k |x·w| (the scale of the
+    /// rounding errors a sum of K terms can make): the twin is Linear.Reference (fp32),
+    /// ReferenceHalf (f16 products) or ReferenceHalfInputs (matrix units), one output at a time.
+    /// </summary>
+    private static double SampledError(MatMulKernel kernel, float[] x, float[] w, float[] y, int m, int n, int k)
+    {
+        var pick = new Rng(11);
+        var xr = new float[k]; var wr = new float[k];
+        var one = new float[1];
+        double worst = 0;
+        for (int s = 0; s < 64; s++)
+        {
+            int i = pick.NextInt(m), j = pick.NextInt(n);
+            x.AsSpan(i * k, k).CopyTo(xr);
+            w.AsSpan(j * k, k).CopyTo(wr);
+            switch (kernel)
+            {
+                case MatMulKernel.F32: Linear.Reference(xr, wr, 1, 1, k, false, one); break;
+                case MatMulKernel.Half: Linear.ReferenceHalf(xr, wr, 1, 1, k, false, one); break;
+                default: Linear.ReferenceHalfInputs(xr, wr, 1, 1, k, false, one); break;
+            }
+            double scale = 0;
+            for (int t = 0; t < k; t++) scale += Math.Abs((double)xr[t] * wr[t]);
+            double e = Math.Abs(y[i * n + j] - (double)one[0]) / Math.Max(scale, 1e-30);
+            if (double.IsNaN(e)) return double.NaN;
+            worst = Math.Max(worst, e);
+        }
+        return worst;
     }
 
     /// <summary>Usage: <c>gpu-train [--config tiny] [--reps 3]</c>: whole training steps (forward, backward, clip, Muon, AdamW) in tokens/s, beside the CPU reference step.</summary>

@@ -1,7 +1,10 @@
 // The GPU conformance check for machines without the .NET SDK (scripts/gpu-check.sh runs it from
-// a self-contained publish): the whole Vulkan forward against every golden file's logits and
-// loss, and single-step decoding against the parallel forward, with the tests' tolerances.
+// a self-contained publish): the half-arithmetic and cooperative-matrix linears against their CPU
+// twins (the tests' cases and tolerances; on a GPU this is where linear_coopmat first runs), the
+// whole Vulkan forward against every golden file's logits and loss, and single-step decoding
+// against the parallel forward, with the tests' tolerances.
 using Palm.Gpu;
+using Palm.Gpu.Kernels;
 using Palm.Gpu.Model;
 using Palm.Gpu.Vulkan;
 using Palm.Inference.Cpu;
@@ -25,6 +28,7 @@ public static class GpuCheck
         using (ctx)
         {
             Console.WriteLine($"gpu-check on {ctx.Capabilities.DeviceName} ({ctx.Capabilities.DeviceType})");
+            LinearChecks(ctx, ref passed, ref failed);
             var files = GoldenCase.Directories().SelectMany(d => Directory.EnumerateFiles(d, "*.msgpack")).Order(StringComparer.Ordinal).ToList();
             if (files.Count == 0) { Console.WriteLine("gpu-check: no golden files (set PALM_GOLDEN_DIR)"); return 1; }
             foreach (var f in files)
@@ -66,6 +70,82 @@ public static class GpuCheck
         }
         Console.WriteLine($"{passed} passed, {failed} failed");
         return failed == 0 ? 0 : 1;
+    }
+
+    /// <summary>
+    /// linear_half and linear_coopmat against Linear.ReferenceHalf / ReferenceHalfInputs on awkward
+    /// shapes, outputs poisoned with NaN. Tolerances as in the tests (Tolerance.ForReduction,
+    /// ForMatrixUnits): the fp32 one for linear_half, whose twin rounds as it does; for the matrix
+    /// units 2^-20 per term more and rtol 1e-3. A kernel the device lacks is reported as skipped.
+    /// </summary>
+    private static void LinearChecks(VulkanContext ctx, ref int passed, ref int failed)
+    {
+        var caps = ctx.Capabilities;
+        (int M, int N, int K, bool Relu2, bool XHalf)[] cases =
+        [
+            (1, 1, 1, false, false), (1, 7, 13, true, false), (3, 5, 1, false, true), (33, 97, 131, false, true),
+            (65, 129, 33, true, false), (64, 64, 64, false, true), (130, 257, 40, true, false), (300, 200, 136, false, true),
+        ];
+        const ulong seed = 20261128;
+        var rng = new Rng(seed);
+        // The emulated coopmat kernel (plain arithmetic in place of the fragments) runs wherever
+        // half arithmetic does: should linear_coopmat fail on a GPU, whether the emulated one
+        // passes with the same tile tells the fragments' semantics from the code around them.
+        foreach (var kernel in new[] { "linear_half", "linear_coopmat_emulated", "linear_coopmat" })
+        {
+            bool coop = kernel != "linear_half", emulated = kernel == "linear_coopmat_emulated";
+            var shape = caps.CooperativeMatrix ?? new CoopMatShape(16, 16, 16);
+            string what = coop ? $"{kernel} ({shape})" : kernel;
+            string? missing = !caps.HalfArithmetic ? "no shaderFloat16 or storageBuffer16BitAccess"
+                : coop && !emulated && caps.CooperativeMatrix is null ? "no usable cooperative matrix; reported: " +
+                  (caps.CooperativeMatrixProperties.Count == 0 ? "none" : string.Join("; ", caps.CooperativeMatrixProperties))
+                : null;
+            if (missing is not null) { Console.WriteLine($"SKIP {what}: {missing}"); continue; }
+            foreach (var (m, n, k, relu2, xHalf) in cases)
+            {
+                var x = new float[m * k]; var w = new float[n * k];
+                for (int i = 0; i < x.Length; i++) x[i] = (float)(2 * rng.NextDouble() - 1);
+                for (int i = 0; i < w.Length; i++) w[i] = (float)(2 * rng.NextDouble() - 1);
+                var y = new float[m * n];
+                Array.Fill(y, float.NaN);
+                string? err;
+                try
+                {
+                    using var tx = ctx.CreateTensor(x, xHalf ? GpuDType.F16 : GpuDType.F32, m, k);
+                    using var tw = ctx.CreateTensor(w, GpuDType.F16, n, k);
+                    using var ty = ctx.CreateTensor(y, GpuDType.F32, m, n);
+                    using (var rec = new CommandRecorder(ctx))
+                    {
+                        if (coop) Linear.RecordCoopMat(rec, ctx, tx, tw, relu2 && !xHalf, ty, Linear.ChooseCoopMatTile(m, shape, caps), emulated);
+                        else Linear.RecordHalf(rec, ctx, tx, tw, relu2 && !xHalf, ty);
+                        rec.Submit();
+                    }
+                    ty.Download(y);
+                    var want = new float[m * n];
+                    if (coop) Linear.ReferenceHalfInputs(x, w, m, n, k, relu2 && !xHalf, want);
+                    else Linear.ReferenceHalf(x, w, m, n, k, relu2 && !xHalf, want);
+                    double atol = 1e-5 * Math.Sqrt(k) + (coop ? k * Math.Pow(2, -20) : 0), rtol = coop ? 1e-3 : 1e-4;
+                    err = CompareWith(y, want, atol, rtol);
+                }
+                catch (Exception e) { err = e.GetType().Name + ": " + e.Message; }
+                var label = $"{what} M={m} N={n} K={k} relu2={relu2 && !xHalf} xHalf={xHalf} (seed {seed})";
+                if (err is null) { passed++; Console.WriteLine($"PASS {label}"); }
+                else { failed++; Console.WriteLine($"FAIL {label}: {err}"); }
+            }
+        }
+    }
+
+    private static string? CompareWith(float[] got, float[] expected, double atol, double rtol)
+    {
+        double worst = 0; int at = -1, bad = 0, first = -1;
+        for (int i = 0; i < got.Length; i++)
+        {
+            double e = Math.Abs((double)got[i] - expected[i]);
+            if (double.IsNaN(e)) e = double.PositiveInfinity;
+            if (e > atol + rtol * Math.Abs(expected[i])) { bad++; if (first < 0) first = i; }
+            if (e > worst || at < 0) { worst = e; at = i; }
+        }
+        return bad == 0 ? null : $"{bad}/{got.Length} outside atol {atol:g3} + rtol {rtol:g3}*|ref|; worst {worst:g3} at [{at}]; first [{first}]: got {got[first]:g9}, expected {expected[first]:g9}";
     }
 
     private static string? Compare(float[] got, float[] expected)

@@ -22,6 +22,30 @@ public sealed class CpuKernelConformanceTests(ITestOutputHelper output) : Kernel
     protected override double[] LinearF16Expected(float[] x, float[] w, int M, int N, int K, bool relu2) =>
         LinearExpected(x, Array.ConvertAll(w, v => (float)(Half)v), M, N, K, relu2);
 
+    protected override void LinearHalf(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, float[] y) =>
+        Kernels.Linear.ReferenceHalf(x, w, M, N, K, relu2, y);
+
+    protected override void LinearCoopMat(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, float[] y) =>
+        Kernels.Linear.ReferenceHalfInputs(x, w, M, N, K, relu2, y);
+
+    /// <summary>Float64 sums of products rounded to half from double (.NET's own conversions), over inputs rounded to half.</summary>
+    protected override double[] LinearHalfExpected(float[] x, float[] w, int M, int N, int K, bool relu2)
+    {
+        var y = new double[M * N];
+        for (var m = 0; m < M; m++)
+            for (var n = 0; n < N; n++)
+            {
+                double acc = 0;
+                for (var k = 0; k < K; k++) acc += (double)(Half)((double)(Half)x[m * K + k] * (double)(Half)w[n * K + k]);
+                y[m * N + n] = relu2 ? Math.Pow(Math.Max(acc, 0), 2) : acc;
+            }
+        return y;
+    }
+
+    /// <summary>Float64 over both operands rounded to half.</summary>
+    protected override double[] LinearCoopMatExpected(float[] x, float[] w, int M, int N, int K, bool relu2) =>
+        LinearExpected(Array.ConvertAll(x, v => (float)(Half)v), Array.ConvertAll(w, v => (float)(Half)v), M, N, K, relu2);
+
     internal static GpuQuantFormat GpuFormat(QuantizedTensor w) => w.DType == TensorDType.Q8 ? GpuQuantFormat.Q8 : GpuQuantFormat.Q4;
 
     /// <summary>Float64 over the weights as Palm.Inference decodes them: the kernel's own byte decoding is checked against it.</summary>

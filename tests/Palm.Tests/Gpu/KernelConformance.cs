@@ -28,6 +28,10 @@ public abstract class KernelConformance
     protected abstract void LinearQuantized(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2, float[] y);
     /// <summary>y = x W^T with W held in half precision (the f16 weight variant).</summary>
     protected abstract void LinearF16(float[] x, float[] w, int M, int N, int K, bool relu2, float[] y);
+    /// <summary>y = x W^T with f16 products and f32 sums (linear_half); x f32 rounded to half by the kernel, or stored as f16 (xHalf).</summary>
+    protected abstract void LinearHalf(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, float[] y);
+    /// <summary>y = x W^T with f16 operands on the matrix units and f32 accumulation (linear_coopmat); x as in <see cref="LinearHalf"/>.</summary>
+    protected abstract void LinearCoopMat(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, float[] y);
     protected abstract void RmsNorm(float[] x, int rows, int cols, float[] y);
     protected abstract void Embedding(int[] idx, float[] table, int V, int C, float[] y);
     /// <summary>y = E[idx] with the table E (V, C) quantized (q8 or q4), rows decoded by the kernel.</summary>
@@ -48,6 +52,8 @@ public abstract class KernelConformance
     protected abstract double[] LinearExpected(float[] x, float[] w, int M, int N, int K, bool relu2);
     protected abstract double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2);
     protected abstract double[] LinearF16Expected(float[] x, float[] w, int M, int N, int K, bool relu2);
+    protected abstract double[] LinearHalfExpected(float[] x, float[] w, int M, int N, int K, bool relu2);
+    protected abstract double[] LinearCoopMatExpected(float[] x, float[] w, int M, int N, int K, bool relu2);
     protected abstract double[] RmsNormExpected(float[] x, int rows, int cols);
     protected abstract double[] EmbeddingExpected(int[] idx, float[] table, int V, int C);
     protected abstract double[] EmbeddingQuantizedExpected(int[] idx, QuantizedTensor table, int V, int C);
@@ -95,6 +101,44 @@ public abstract class KernelConformance
         LinearF16(x, w, M, N, K, relu2, y);
         var expected = LinearF16Expected(x, w, M, N, K, relu2);
         Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol, $"linear f16 M={M} N={N} K={K} relu2={relu2}", Seed, N);
+    }
+
+    [ConformanceTheory]
+    [RequiresGpuFeature(GpuFeature.HalfArithmetic)]
+    [InlineData(1, 1, 1, false, false)]
+    [InlineData(1, 7, 13, true, false)]       // decoding row (few-rows tile), primes
+    [InlineData(1, 257, 64, false, true)]     // N past one few-rows tile, x stored as f16
+    [InlineData(3, 5, 1, false, true)]        // K = 1
+    [InlineData(65, 129, 33, true, false)]    // past the large tile in M and N, K not a multiple of BK
+    [InlineData(33, 97, 131, false, true)]
+    public void LinearHalf_matches_reference(int M, int N, int K, bool relu2, bool xHalf)
+    {
+        // [-1, 1]: products stay clear of half's overflow, and rarely reach its subnormals.
+        var x = Uniform(M * K);
+        var w = Uniform(N * K);
+        var y = Poisoned(M * N);
+        LinearHalf(x, w, M, N, K, relu2, xHalf, y);
+        var expected = LinearHalfExpected(x, w, M, N, K, relu2);
+        // The twin rounds inputs and products to half as the kernel does, so only the f32 sums
+        // can differ (their order): the fp32 tolerance, not an fp16 one.
+        Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol, $"linear half M={M} N={N} K={K} relu2={relu2} xHalf={xHalf}", Seed, N);
+    }
+
+    [ConformanceTheory]
+    [RequiresGpuFeature(GpuFeature.CooperativeMatrix)]
+    [InlineData(1, 1, 1, false, false)]
+    [InlineData(33, 7, 13, true, false)]      // primes, K below one fragment
+    [InlineData(64, 64, 64, false, true)]     // whole fragments, K a multiple of 8: vector staging, x stored as f16
+    [InlineData(130, 257, 40, true, false)]   // one past a 128-row block; interior blocks staged as vectors
+    [InlineData(97, 131, 67, false, false)]
+    public void LinearCoopMat_matches_reference(int M, int N, int K, bool relu2, bool xHalf)
+    {
+        var x = Uniform(M * K);
+        var w = Uniform(N * K);
+        var y = Poisoned(M * N);
+        LinearCoopMat(x, w, M, N, K, relu2, xHalf, y);
+        var expected = LinearCoopMatExpected(x, w, M, N, K, relu2);
+        Tolerance.AssertClose(y, expected, Tolerance.ForMatrixUnits(K), Tolerance.MatrixUnitsRtol, $"linear coopmat M={M} N={N} K={K} relu2={relu2} xHalf={xHalf}", Seed, N);
     }
 
     [ConformanceTheory]

@@ -12,6 +12,15 @@ internal static class Tolerance
 
     public static double ForReduction(int k) => F32Atol * Math.Sqrt(Math.Max(k, 1));
 
+    // Matrix units (linear_coopmat) against f32 sums over the same half inputs: the products are
+    // exact on both sides, but the units add in their own order and may truncate instead of
+    // rounding inside, an error that can grow linearly in K: 2^-20 per term on top of the fp32
+    // tolerance, and rtol 1e-3 (the fp16-inputs tolerance of CONVENTIONS would be 1e-2; the
+    // inputs are rounded identically here, so only accumulation is being judged).
+    public const double MatrixUnitsRtol = 1e-3;
+
+    public static double ForMatrixUnits(int k) => ForReduction(k) + Math.Max(k, 1) * Math.Pow(2, -20);
+
     /// <summary>Fails (printing the seed, max error and first mismatch) unless every element is close; NaN never is.</summary>
     public static void AssertClose(ReadOnlySpan<float> got, ReadOnlySpan<double> expected, double atol, double rtol,
         string what, int seed, int cols)

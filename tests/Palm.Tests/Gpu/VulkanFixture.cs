@@ -8,24 +8,41 @@ using Xunit.Sdk;
 
 namespace Palm.Tests.Gpu;
 
-/// <summary>Decides once per process whether a Vulkan device exists.</summary>
+/// <summary>Decides once per process whether a Vulkan device exists, and what it can do.</summary>
 public static class VulkanProbe
 {
-    static readonly Lazy<string?> reason = new(() =>
+    static readonly Lazy<(string? Reason, GpuCapabilities? Caps)> probe = new(() =>
     {
         try
         {
             using var ctx = VulkanContext.Create(new VulkanOptions { PipelineCacheDir = TempDir("probe") });
-            return null;
+            return (null, ctx.Capabilities);
         }
         catch (GpuUnavailableException e)
         {
-            return "no Vulkan device: " + e.Message;
+            return ("no Vulkan device: " + e.Message, null);
         }
     });
 
     /// <summary>Why Vulkan tests are skipped, or null when they run.</summary>
-    public static string? UnavailableReason => reason.Value;
+    public static string? UnavailableReason => probe.Value.Reason;
+
+    /// <summary>Why a test needing <paramref name="feature"/> is skipped on this machine's device, or null when it runs.</summary>
+    public static string? MissingReason(GpuFeature feature)
+    {
+        if (UnavailableReason is { } r) return r;
+        var caps = probe.Value.Caps!;
+        return feature switch
+        {
+            GpuFeature.HalfArithmetic when !caps.HalfArithmetic =>
+                $"{caps.DeviceName} lacks shaderFloat16 ({caps.ShaderFloat16}) or storageBuffer16BitAccess ({caps.StorageBuffer16BitAccess})",
+            GpuFeature.CooperativeMatrix when caps.CooperativeMatrix is null =>
+                $"{caps.DeviceName} has no usable cooperative matrix (VK_NV_cooperative_matrix with f16*f16+f32->f32 at subgroup scope, " +
+                $"the Vulkan memory model and half arithmetic); reported: " +
+                (caps.CooperativeMatrixProperties.Count == 0 ? "none" : string.Join("; ", caps.CooperativeMatrixProperties)),
+            _ => null,
+        };
+    }
 
     internal static string TempDir(string what) =>
         Path.Combine(Path.GetTempPath(), $"palm-gpu-tests-{Environment.ProcessId}", what);
@@ -91,13 +108,33 @@ public sealed class VulkanFactAttribute : FactAttribute
     }
 }
 
-/// <summary>A theory that runs only where a Vulkan device exists.</summary>
+/// <summary>A theory that runs only where a Vulkan device exists (and has the features named).</summary>
 public sealed class VulkanTheoryAttribute : TheoryAttribute
 {
-    public VulkanTheoryAttribute()
+    public VulkanTheoryAttribute(params GpuFeature[] features)
     {
         if (VulkanProbe.UnavailableReason is { } r) Skip = r;
+        else if (features.Select(VulkanProbe.MissingReason).FirstOrDefault(m => m is not null) is { } missing) Skip = missing;
     }
+}
+
+/// <summary>Optional device features that some kernels need.</summary>
+public enum GpuFeature
+{
+    /// <summary>shaderFloat16 and storageBuffer16BitAccess (linear_half, the emulated linear_coopmat).</summary>
+    HalfArithmetic,
+    /// <summary>A cooperative-matrix shape that linear_coopmat runs (GpuCapabilities.CooperativeMatrix).</summary>
+    CooperativeMatrix,
+}
+
+/// <summary>
+/// On a conformance test: its Vulkan case needs this device feature and is skipped, saying why,
+/// where the device lacks it. Other backends run it regardless.
+/// </summary>
+[AttributeUsage(AttributeTargets.Method, AllowMultiple = true)]
+public sealed class RequiresGpuFeatureAttribute(GpuFeature feature) : Attribute
+{
+    public GpuFeature Feature { get; } = feature;
 }
 
 /// <summary>Marks a conformance class whose backend is Vulkan: its tests skip without a device.</summary>
@@ -117,8 +154,14 @@ public sealed class ConformanceTheoryAttribute : TheoryAttribute;
 
 internal static class BackendSkip
 {
-    public static string? Reason(ITestMethod method) =>
-        method.TestClass.Class.GetCustomAttributes(typeof(RequiresVulkanAttribute)).Any() ? VulkanProbe.UnavailableReason : null;
+    public static string? Reason(ITestMethod method)
+    {
+        if (!method.TestClass.Class.GetCustomAttributes(typeof(RequiresVulkanAttribute)).Any()) return null;
+        if (VulkanProbe.UnavailableReason is { } r) return r;
+        return method.Method.GetCustomAttributes(typeof(RequiresGpuFeatureAttribute))
+            .Select(a => VulkanProbe.MissingReason(a.GetNamedArgument<GpuFeature>(nameof(RequiresGpuFeatureAttribute.Feature))))
+            .FirstOrDefault(m => m is not null);
+    }
 }
 
 /// <summary>A test case skipped because its backend is missing.</summary>

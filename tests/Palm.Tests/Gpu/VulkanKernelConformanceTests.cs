@@ -64,6 +64,75 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
         return D2(y);
     }
 
+    protected override void LinearHalf(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, float[] y)
+    {
+        using var tx = Ctx.CreateTensor(x, xHalf ? GpuDType.F16 : GpuDType.F32, M, K);
+        using var tw = Ctx.CreateTensor(w, GpuDType.F16, N, K);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, M, N);
+        Run(y, ty, rec => Kernels.Linear.RecordHalf(rec, Ctx, tx, tw, relu2, ty));
+    }
+
+    protected override double[] LinearHalfExpected(float[] x, float[] w, int M, int N, int K, bool relu2)
+    {
+        var y = new float[M * N];
+        Kernels.Linear.ReferenceHalf(x, w, M, N, K, relu2, y);
+        return D2(y);
+    }
+
+    protected override void LinearCoopMat(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, float[] y)
+    {
+        var caps = Ctx.Capabilities;
+        var tile = Kernels.Linear.ChooseCoopMatTile(M, caps.CooperativeMatrix!.Value, caps);
+        Output.WriteLine($"{caps.DeviceName}: cooperative matrix {caps.CooperativeMatrix}, tile {tile}");
+        LinearCoopMatWith(x, w, M, N, K, relu2, xHalf, tile, emulated: false, y);
+    }
+
+    void LinearCoopMatWith(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, Kernels.Linear.CoopMatTile tile, bool emulated, float[] y)
+    {
+        using var tx = Ctx.CreateTensor(x, xHalf ? GpuDType.F16 : GpuDType.F32, M, K);
+        using var tw = Ctx.CreateTensor(w, GpuDType.F16, N, K);
+        using var ty = Ctx.CreateTensor(GpuDType.F32, M, N);
+        Run(y, ty, rec => Kernels.Linear.RecordCoopMat(rec, Ctx, tx, tw, relu2, ty, tile, emulated));
+    }
+
+    protected override double[] LinearCoopMatExpected(float[] x, float[] w, int M, int N, int K, bool relu2)
+    {
+        var y = new float[M * N];
+        Kernels.Linear.ReferenceHalfInputs(x, w, M, N, K, relu2, y);
+        return D2(y);
+    }
+
+    /// <summary>
+    /// linear_coopmat with its fragments emulated by plain arithmetic (same semantics: A row-major,
+    /// B column-major, exact products, f32 sums), so that a device without cooperative matrices
+    /// (lavapipe) checks everything around them: staging (vector and element paths), fragment
+    /// offsets, several subgroups and fragments per workgroup, bounds, relu2, the epilogue. What it
+    /// cannot check is the real fragments' layout semantics; LinearCoopMat_matches_reference does,
+    /// where the device has them. Plain f32 sums: the fp32 tolerance.
+    /// </summary>
+    [ConformanceTheory]
+    [RequiresGpuFeature(GpuFeature.HalfArithmetic)]
+    //          M    N    K  relu2  xHalf  TM  TN  TK SM SN FM FN  BK
+    [InlineData(1, 1, 1, false, false, 16, 16, 16, 1, 1, 1, 1, 32)]
+    [InlineData(33, 40, 64, true, false, 16, 16, 16, 2, 1, 1, 2, 32)]    // rows 0-31 interior: vector staging of f32 x and of W
+    [InlineData(64, 64, 64, false, true, 16, 16, 16, 2, 2, 2, 2, 32)]    // one whole block, f16 x as vectors
+    [InlineData(65, 129, 33, false, true, 16, 8, 16, 2, 2, 2, 1, 32)]    // a 16x8 shape; K not a multiple of 8: element staging
+    [InlineData(17, 31, 67, true, false, 16, 16, 16, 2, 2, 1, 1, 16)]
+    [InlineData(130, 48, 40, false, false, 16, 16, 16, 2, 1, 2, 1, 16)]  // BK 16: K in three steps, the last partial
+    [InlineData(130, 40, 264, false, true, 16, 16, 16, 2, 2, 4, 4, 32)]  // the GPU layout (4 x 4 fragments), 9 K steps
+    public void LinearCoopMat_emulated_matches_reference(int M, int N, int K, bool relu2, bool xHalf,
+        int TM, int TN, int TK, int SM, int SN, int FM, int FN, int BK)
+    {
+        var tile = new Kernels.Linear.CoopMatTile((uint)TM, (uint)TN, (uint)TK, (uint)SM, (uint)SN, (uint)FM, (uint)FN, (uint)BK, Ctx.Capabilities.SubgroupSize);
+        var x = Uniform(M * K);
+        var w = Uniform(N * K);
+        var y = Poisoned(M * N);
+        LinearCoopMatWith(x, w, M, N, K, relu2, xHalf, tile, emulated: true, y);
+        var expected = LinearCoopMatExpected(x, w, M, N, K, relu2);
+        Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol,
+            $"linear coopmat emulated M={M} N={N} K={K} relu2={relu2} xHalf={xHalf} tile {tile}", Seed, N);
+    }
+
     protected override double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2)
     {
         var y = new float[M * N];

@@ -44,8 +44,9 @@ run)
     fi
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
     export PALM_GOLDEN_DIR="$PWD/$pub/golden" PALM_VK_CACHE_DIR=/tmp/palm-vk-cache
-    echo "== conformance"; "$pub/Palm.Bench" gpu-check
-    echo "== vulkan benchmark"; "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5 --matmul-tsv "$tsv"
+    # PALM_VK_COOPMAT=1: enable VK_NV_cooperative_matrix (off in a default context) to test and time linear_coopmat.
+    echo "== conformance"; PALM_VK_COOPMAT=1 "$pub/Palm.Bench" gpu-check
+    echo "== vulkan benchmark"; PALM_VK_COOPMAT=1 "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5 --matmul-tsv "$tsv"
     echo "== per-kernel profile of one small forward"; PALM_VK_PROFILE=1 "$pub/Palm.Bench" gpu --sizes 256 --reps 1
     echo "== engine API on the GPU: load, TTFT, decode 1 and 32 sessions, GPU vs wall ms/token"
     "$pub/Palm.Bench" api --backend vulkan --no-peer --tokens 128 --sessions 32

@@ -47,7 +47,7 @@ internal sealed unsafe class VulkanContext : IDisposable
 
         vk.GetPhysicalDeviceMemoryProperties(physical, out var memProps);
         MemoryProperties = memProps;
-        Capabilities = QueryCapabilities(vk, instance, physical, family, memProps, options.ForceStaging);
+        Capabilities = QueryCapabilities(vk, instance, physical, family, memProps, options.ForceStaging, options.WantsCooperativeMatrix);
         Device = CreateDevice(vk, physical, family, Capabilities);
         vk.GetDeviceQueue(Device, family, 0, out var queue);
         Queue = queue;
@@ -214,7 +214,7 @@ internal sealed unsafe class VulkanContext : IDisposable
         return any;
     }
 
-    static GpuCapabilities QueryCapabilities(Vk vk, Instance instance, PhysicalDevice pd, uint family, PhysicalDeviceMemoryProperties mem, bool forceStaging)
+    static GpuCapabilities QueryCapabilities(Vk vk, Instance instance, PhysicalDevice pd, uint family, PhysicalDeviceMemoryProperties mem, bool forceStaging, bool wantCoopMat)
     {
         var extensions = CooperativeMatrix.DeviceExtensions(vk, pd);
         var hasNvCoopMat = extensions.Contains(CooperativeMatrix.NvExtension);
@@ -281,7 +281,8 @@ internal sealed unsafe class VulkanContext : IDisposable
             StorageBuffer16BitAccess = f11.StorageBuffer16BitAccess,
             VulkanMemoryModel = f12.VulkanMemoryModel,
             CooperativeMatrixProperties = coopList,
-            CooperativeMatrix = coopUsable ? CooperativeMatrix.Choose(coopList) : null,
+            // Usable and asked for (VulkanOptions.CooperativeMatrix): CreateDevice enables it only then.
+            CooperativeMatrix = coopUsable && wantCoopMat ? CooperativeMatrix.Choose(coopList) : null,
             Timestamps = tsBits > 0 && limits.TimestampPeriod > 0,
             TimestampPeriodNs = limits.TimestampPeriod,
             TimestampValidBits = tsBits,

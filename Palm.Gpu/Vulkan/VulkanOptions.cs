@@ -38,6 +38,17 @@ internal sealed record VulkanOptions
     /// </summary>
     public bool HalfArithmetic { get; init; }
 
+    /// <summary>
+    /// Enable VK_NV_cooperative_matrix at device creation where it is usable (PALM_VK_COOPMAT=1;
+    /// implied by <see cref="HalfArithmetic"/>). Off by default because that device-creation path
+    /// and linear_coopmat have not yet run on any GPU: a default device is created exactly as it
+    /// was before the kernel existed. scripts/gpu-check.sh turns it on to test both.
+    /// </summary>
+    public bool CooperativeMatrix { get; init; }
+
+    /// <summary>Whether the context asks for cooperative matrices (either option above).</summary>
+    internal bool WantsCooperativeMatrix => CooperativeMatrix || HalfArithmetic;
+
     /// <summary>Size of the device memory blocks that tensors are sub-allocated from.</summary>
     public ulong BlockBytes { get; init; } = 64UL << 20;
 
@@ -49,6 +60,7 @@ internal sealed record VulkanOptions
         Profile = Environment.GetEnvironmentVariable("PALM_VK_PROFILE") == "1",
         HostSampling = Environment.GetEnvironmentVariable("PALM_VK_HOST_SAMPLING") switch { "1" => true, "0" => false, _ => null },
         HalfArithmetic = Environment.GetEnvironmentVariable("PALM_VK_HALF_ARITH") == "1",
+        CooperativeMatrix = Environment.GetEnvironmentVariable("PALM_VK_COOPMAT") == "1",
     };
 
     static string? NullIfEmpty(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;

@@ -343,12 +343,20 @@ internal sealed class FastCpuDecoder : IDisposable
 
     // q, k, v rows of heads [j0, j0 + w) / hd, then QK-norm, RoPE, gate, state update and mix.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void AodPart(Scratch s, AodStateSet state, int app, int b, int j0, int w, ReadOnlySpan<float> qkvIn, CpuMatrix wQkv)
+    private unsafe void AodPart(Scratch s, AodStateSet state, int app, int b, int j0, int w, ReadOnlySpan<float> qkvIn, CpuMatrix wQkv)
     {
         int D = _c.DQkv, hd = _c.HeadDim;
         bool mean = _c.Mix == AodMix.Mean;
         for (int seg = 0; seg < 3; seg++)
             wQkv.MatVecRows(seg * D + j0, w, qkvIn, s.Qkv.AsSpan(seg * D + j0, w));
+        if (Fast.FastAodKernels.Vectorised(hd))
+        {
+            // One fused pass per head (FastAodKernels.DecodeStep); other head widths below.
+            fixed (float* pq = s.Qkv, pc = s.Cos, ps = s.Sin, pS = state.S[app], pZ = mean ? state.Z![app] : null, py = s.Y)
+                for (int j = j0; j < j0 + w; j += hd)
+                    Fast.FastAodKernels.DecodeStep(pq + j, pq + D + j, pq + 2 * D + j, pc, ps, pS + b * D + j, mean ? pZ + b * D + j : null, py + j, hd);
+            return;
+        }
         for (int hh = j0 / hd; hh < (j0 + w) / hd; hh++)
         {
             var qh = s.Qkv.AsSpan(hh * hd, hd);

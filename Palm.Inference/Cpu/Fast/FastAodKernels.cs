@@ -150,6 +150,35 @@ internal static unsafe class FastAodKernels
     }
 
     /// <summary>
+    /// One decoding step of one head, fused (hd a multiple of 16, <see cref="Vectorised"/>): q and k
+    /// rms-normed and rotated in place, g = σ(k), the float state S += g·v (and Z += g for
+    /// <c>mean</c>), y = relu(q)·S (/Z). The decoder's per-token AoD without a pass per operation.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void DecodeStep(float* q, float* k, float* v, float* cos, float* sin, float* S, float* Z, float* y, int hd)
+    {
+        RmsNorm(q, hd, q);
+        RmsNorm(k, hd, k);
+        Rope(q, cos, sin, hd, q);
+        Rope(k, cos, sin, hd, k);
+        var one = Vector256.Create(1f);
+        for (int j = 0; j < hd; j += 8)
+        {
+            var g = one / (one + Vector256.Exp(-Vector256.Load(k + j)));
+            var sv = Vector256.FusedMultiplyAdd(g, Vector256.Load(v + j), Vector256.Load(S + j));
+            sv.Store(S + j);
+            var yv = Vector256.Max(Vector256.Load(q + j), Vector256<float>.Zero) * sv;
+            if (Z != null)
+            {
+                var zv = Vector256.Load(Z + j) + g;
+                zv.Store(Z + j);
+                yv /= zv;
+            }
+            yv.Store(y + j);
+        }
+    }
+
+    /// <summary>
     /// One token of the mix for hd channels: sRun += g·v, zRun += g (double), S, Z = their float
     /// values, y = relu(q)·S (/Z for the mean mix). <paramref name="Z"/> and <paramref name="zRun"/> are unused for the sum mix.
     /// </summary>

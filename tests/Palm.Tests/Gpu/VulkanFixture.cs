@@ -15,7 +15,8 @@ public static class VulkanProbe
     {
         try
         {
-            using var ctx = VulkanContext.Create(new VulkanOptions { PipelineCacheDir = TempDir("probe") });
+            // Asks for cooperative matrices (off in a default context) so a GPU that has them runs their tests.
+            using var ctx = VulkanContext.Create(new VulkanOptions { PipelineCacheDir = TempDir("probe"), CooperativeMatrix = true });
             return (null, ctx.Capabilities);
         }
         catch (GpuUnavailableException e)
@@ -62,6 +63,7 @@ public sealed class VulkanFixture : IDisposable
         Validation = true,
         RequireValidation = true,
         PipelineCacheDir = VulkanProbe.TempDir(what),
+        CooperativeMatrix = true,
     };
 
     internal VulkanContext? Context { get; }

@@ -6,7 +6,9 @@ using System.Text;
 using System.Text.Json;
 using Palm.Inference.Cpu;
 using Palm.Inference.Cpu.Fast;
+using Palm.Inference.Checkpoint;
 using Palm.Inference.Model;
+using Palm.Inference.Quantization;
 using Palm.Trainer.Cpu;
 using Palm.Trainer.FastCpu;
 using Palm.Trainer.Optim;
@@ -98,6 +100,14 @@ public static class ModelBench
         rows.Add(two with { Backend = "csharp-cpu-fast", What = "decode" });
         Console.WriteLine($"  two-core decoder: {fast.TeamSteps} of its batch-1 steps ran on both cores (the rest on one: adaptive)");
         rows.Add(one with { Backend = "csharp-cpu-fast-1core", What = "decode" });
+        // The same model with q8 linears (round to nearest, the default groups; the embedding stays
+        // float32), as `quantize --dtype q8` stores it: a different precision from the peer's, so a
+        // row of its own, not the fp32 decode ratio. Its weights fit the two cores' L2 caches.
+        var q8 = new CpuWeights(config, e => e.Name == "embed.weight" ? CpuMatrix.From(p[e.Name]) :
+            new CpuMatrix(e.Name, e.Rows, e.Cols, QuantizedTensor.Quantize(p[e.Name].Data, TensorDType.Q8, CheckpointQuantizer.GroupFor(e.Name, e.Cols, TensorDType.Q8, null))));
+        using var fastQ8 = new FastCpuDecoder(q8);
+        rows.Add(Time("csharp-cpu-fast-q8", "decode", NewTokens, Math.Max(warmup, 3), reps, () => Generate((t, s, l) => fastQ8.Step(t, s, l), true)));
+        Console.WriteLine($"  q8 decoder: {q8.Bytes / 1024} KiB of weights against {CpuWeights.From(p).Bytes / 1024} KiB float32");
         rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l), false)));
         if (!decodeOnly)
         {

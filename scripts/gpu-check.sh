@@ -5,11 +5,12 @@
 #   device run, carry ["publish", ".gl"], command: "bash scripts/gpu-check.sh run"
 #
 # `run` unpacks the Vulkan loader, runs the GPU conformance check (the f16-arithmetic and
-# cooperative-matrix linears against their CPU twins, whole Vulkan forward and single-step decoding
-# against every golden file), the Vulkan matmul (fp32, f16 arithmetic, cooperative matrix) and
-# forward benchmark, the engine API's GPU decode (GPU time per token beside wall time), the
-# training benchmark, and cuBLAS fp32 (tf32 off) and fp16 through PyTorch on the same shapes with
-# the ratios ours/cuBLAS, and copies everything it printed to $OUT/gpu-check.log.
+# cooperative-matrix linears and Muon's fp16 Newton-Schulz against their CPU twins, whole Vulkan
+# forward and single-step decoding against every golden file), the Vulkan matmul (fp32, f16
+# arithmetic, cooperative matrix) and forward benchmark, the engine API's GPU decode (GPU time per
+# token beside wall time), the training benchmark, and cuBLAS fp32 (tf32 off) and fp16 through
+# PyTorch on the same shapes with the ratios ours/cuBLAS, and copies everything it printed to
+# $OUT/gpu-check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pub=publish/gpu-check

@@ -1,6 +1,7 @@
 // linear backward: dX = dY . W and dW (+)= dY^T . X for y = x W^T, the relu2 derivative of the
 // QKV factorisation fused on dX, all through one strided GEMM (shaders/linear_backward.comp)
-// that Muon's Newton-Schulz iterations reuse. GPU wrapper and CPU reference.
+// that Muon's Newton-Schulz iterations reuse, also in f16 arithmetic (-D HALF, Muon's optional
+// fp16 path). GPU wrappers and CPU references.
 using System.Runtime.InteropServices;
 using Palm.Gpu.Vulkan;
 
@@ -23,6 +24,23 @@ internal static class LinearBackward
         public float beta;
     }
 
+    /// <summary>Twin of <c>GemmPush</c> in shaders/linear_backward.comp with -D HALF.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct GemmHalfPush
+    {
+        public uint M;
+        public uint N;
+        public uint K;
+        public uint sAm;
+        public uint sAk;
+        public uint sBk;
+        public uint sBn;
+        public float alpha;
+        public float beta;
+        public float scale_a;
+        public float scale_b;
+    }
+
     /// <summary>How an operand's (row, col) maps to memory: element (i, j) at i*RowStride + j*ColStride.</summary>
     internal readonly record struct Layout(int RowStride, int ColStride)
     {
@@ -39,12 +57,7 @@ internal static class LinearBackward
     public static void RecordGemm(CommandRecorder rec, VulkanContext ctx, GpuTensor a, Layout la, GpuTensor b, Layout lb,
         int M, int N, int K, float alpha, float beta, GpuTensor? e, GpuTensor? u, GpuTensor c)
     {
-        CheckOperand(a, la, M, K, nameof(a));
-        CheckOperand(b, lb, K, N, nameof(b));
-        CheckOperand(c, Layout.RowMajor(N), M, N, nameof(c));
-        if (beta != 0 && e is null) throw new ArgumentException("gemm: beta != 0 needs e", nameof(e));
-        if (e is not null) CheckOperand(e, Layout.RowMajor(N), M, N, nameof(e));
-        if (u is not null) CheckOperand(u, Layout.RowMajor(N), M, N, nameof(u));
+        CheckGemm(a, la, b, lb, M, N, K, beta, e, u, c);
         var t = Linear.ChooseTile(M, ctx.Capabilities);
         var push = new GemmPush
         {
@@ -66,6 +79,56 @@ internal static class LinearBackward
             var pipeline = ctx.Pipelines.Get("linear_backward_relu2", 5, (uint)Marshal.SizeOf<GemmPush>(), t.BM, t.BN, t.BK, t.RM, t.RN, t.Threads);
             rec.Dispatch(pipeline, [Binding.In(a), Binding.In(b), eb, Binding.In(u), cb], push, gx, gy);
         }
+    }
+
+    /// <summary>
+    /// Records c (M, N) = alpha a.b + beta e like <see cref="RecordGemm"/> (no relu2), in f16
+    /// arithmetic: each element of a (b) is multiplied by <paramref name="scaleA"/>
+    /// (<paramref name="scaleB"/>) and rounded to half as it is staged, each product is an f16
+    /// multiply, sums and the epilogue are f32, and alpha / (scaleA scaleB) undoes the scales.
+    /// The scales, powers of two, only move the operands into f16's range: the caller bounds
+    /// |scaleA a| |scaleB b| below 65504 and keeps typical products away from f16's subnormals.
+    /// a, b, e and c are f32 tensors. Twin: <see cref="GemmHalfReference"/>.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The device lacks shaderFloat16.</exception>
+    public static void RecordGemmHalf(CommandRecorder rec, VulkanContext ctx, GpuTensor a, Layout la, GpuTensor b, Layout lb,
+        int M, int N, int K, float alpha, float beta, GpuTensor? e, float scaleA, float scaleB, GpuTensor c)
+    {
+        CheckGemm(a, la, b, lb, M, N, K, beta, e, null, c);
+        var caps = ctx.Capabilities;
+        if (!caps.ShaderFloat16)
+            throw new NotSupportedException($"linear_backward_half needs shaderFloat16, which {caps.DeviceName} lacks");
+        var unscale = HalfAlpha(alpha, scaleA, scaleB);
+        var t = Linear.ChooseTile(M, caps, elementBytes: 2);
+        var push = new GemmHalfPush
+        {
+            M = (uint)M, N = (uint)N, K = (uint)K,
+            sAm = (uint)la.RowStride, sAk = (uint)la.ColStride, sBk = (uint)lb.RowStride, sBn = (uint)lb.ColStride,
+            alpha = unscale, beta = beta, scale_a = scaleA, scale_b = scaleB,
+        };
+        var eb = e is null ? Binding.In(c) : Binding.In(e);
+        var cb = e == c ? Binding.InOut(c) : Binding.Out(c);
+        var pipeline = ctx.Pipelines.Get("linear_backward_half", 4, (uint)Marshal.SizeOf<GemmHalfPush>(), t.BM, t.BN, t.BK, t.RM, t.RN, t.Threads);
+        rec.Dispatch(pipeline, [Binding.In(a), Binding.In(b), eb, cb], push, Grid.CeilDiv(N, t.BN), Grid.CeilDiv(M, t.BM));
+    }
+
+    /// <summary>alpha / (scaleA scaleB), exact because both scales are powers of two (checked).</summary>
+    static float HalfAlpha(float alpha, float scaleA, float scaleB)
+    {
+        static bool PowerOfTwo(float s) => float.IsNormal(s) && s > 0 && (BitConverter.SingleToInt32Bits(s) & 0x7FFFFF) == 0;
+        if (!PowerOfTwo(scaleA) || !PowerOfTwo(scaleB))
+            throw new ArgumentException($"gemm half: scales must be positive powers of two, got {scaleA} and {scaleB}");
+        return alpha / scaleA / scaleB;
+    }
+
+    static void CheckGemm(GpuTensor a, Layout la, GpuTensor b, Layout lb, int M, int N, int K, float beta, GpuTensor? e, GpuTensor? u, GpuTensor c)
+    {
+        CheckOperand(a, la, M, K, nameof(a));
+        CheckOperand(b, lb, K, N, nameof(b));
+        CheckOperand(c, Layout.RowMajor(N), M, N, nameof(c));
+        if (beta != 0 && e is null) throw new ArgumentException("gemm: beta != 0 needs e", nameof(e));
+        if (e is not null) CheckOperand(e, Layout.RowMajor(N), M, N, nameof(e));
+        if (u is not null) CheckOperand(u, Layout.RowMajor(N), M, N, nameof(u));
     }
 
     /// <summary>
@@ -117,6 +180,38 @@ internal static class LinearBackward
                 var v = alpha * acc;
                 if (beta != 0) v += beta * e[m * N + n];
                 if (!u.IsEmpty) v *= 2 * MathF.Max(u[m * N + n], 0f);
+                c[m * N + n] = v;
+            }
+    }
+
+    /// <summary>
+    /// CPU reference of <see cref="RecordGemmHalf"/>, rounding as the shader does: a and b times
+    /// their scales rounded to half (round to nearest even), each product rounded to half (the
+    /// float product of two halves is exact, so one rounding gives the correctly rounded f16
+    /// product, subnormals included), sums in f32 in k order (the shader's order), then
+    /// c = alpha / (scaleA scaleB) * sum + beta e. The shader's fma() there may round once or
+    /// twice (Vulkan allows either; lavapipe rounds twice): <paramref name="fusedEpilogue"/>
+    /// picks which, so that the twin can match a device bit for bit either way.
+    /// </summary>
+    public static void GemmHalfReference(ReadOnlySpan<float> a, Layout la, ReadOnlySpan<float> b, Layout lb, int M, int N, int K,
+        float alpha, float beta, ReadOnlySpan<float> e, float scaleA, float scaleB, Span<float> c, bool fusedEpilogue = false)
+    {
+        var unscale = HalfAlpha(alpha, scaleA, scaleB);
+        // Staged copies, row-major (M, K) and (K, N), so that each element is rounded once as in the shader.
+        var ah = new float[M * K];
+        var bh = new float[K * N];
+        for (var m = 0; m < M; m++)
+            for (var k = 0; k < K; k++) ah[m * K + k] = (float)(Half)(a[m * la.RowStride + k * la.ColStride] * scaleA);
+        for (var k = 0; k < K; k++)
+            for (var n = 0; n < N; n++) bh[k * N + n] = (float)(Half)(b[k * lb.RowStride + n * lb.ColStride] * scaleB);
+        for (var m = 0; m < M; m++)
+            for (var n = 0; n < N; n++)
+            {
+                var acc = 0f;
+                for (var k = 0; k < K; k++) acc += (float)(Half)(ah[m * K + k] * bh[k * N + n]);
+                var v = unscale * acc;
+                // beta = 0 must not read e (the shader's rule: e may hold NaN).
+                if (beta != 0) v = fusedEpilogue ? MathF.FusedMultiplyAdd(beta, e[m * N + n], v) : v + beta * e[m * N + n];
                 c[m * N + n] = v;
             }
     }

@@ -2,8 +2,10 @@
 // Frobenius normalisation (grad_norm.comp's two passes), five quintic Newton-Schulz iterations
 // built from the strided GEMM (A = X X^T, B = b A + c A.A, X = a X + B X: three GEMMs each,
 // the linear combinations folded into their epilogues), tall matrices handled by working on
-// the transpose, then P = P (1 - lr wd) - lr sqrt(max(1, m/n)) X. fp32 throughout. Wrappers
-// for shaders/muon_momentum.comp, muon_normalize.comp, muon_update.comp and CPU references.
+// the transpose, then P = P (1 - lr wd) - lr sqrt(max(1, m/n)) X. fp32 throughout, or (optional,
+// muon_fp16) with the Newton-Schulz GEMMs in f16 arithmetic (linear_backward.comp -D HALF: f16
+// operands and products, f32 sums) while X, A and B stay f32 between GEMMs. Wrappers for
+// shaders/muon_momentum.comp, muon_normalize.comp, muon_update.comp and CPU references.
 using System.Runtime.InteropServices;
 using Palm.Gpu.Vulkan;
 using static Palm.Gpu.Kernels.LinearBackward;
@@ -15,6 +17,17 @@ internal static class Muon
     const uint WorkgroupSize = 256;
     public const float NsA = 3.4445f, NsB = -4.7750f, NsC = 2.0315f;
     public const int NsSteps = 5;
+
+    // Power-of-two scales of the f16 Newton-Schulz operands (X, A = X X^T, B = b A + c A.A), the
+    // largest that cannot overflow f16 (65504). Bounds: X is Frobenius-normalised, so its
+    // singular values start <= 1, and the quintic f(s) = a s + b s^3 + c s^5 maps [0, 1.21] into
+    // itself (max f = 1.2023 at s = 0.5545); hence |x| <= 1.21, |A| <= 1.21^2 = 1.46 and
+    // |B| <= max over t in [0, 1.46] of |b t + c t^2| = 2.81 (t = 1.175). Largest products:
+    // X X^T 128^2 * 1.46 = 23,900; A.A 128^2 * 1.46^2 = 34,900; B X 64 * 128 * 2.81 * 1.21 =
+    // 27,900 (margins 1.9x and more). Typical X entries are ~1/sqrt(q) (1/sqrt(pq) before the
+    // first iteration), so unscaled products of a 512 x 512 X would be ~4e-6, below f16's
+    // smallest normal 6.1e-5; scaled by 128^2 they stay normal up to p q ~ 2.7e8.
+    internal const float HalfScaleX = 128f, HalfScaleA = 128f, HalfScaleB = 64f;
 
     /// <summary>Twin of <c>MuonMomentumPush</c> in shaders/muon_momentum.comp.</summary>
     [StructLayout(LayoutKind.Sequential)]
@@ -88,9 +101,12 @@ internal static class Muon
     /// <summary>
     /// Records momentum, Nesterov, normalisation and Newton-Schulz for grad (rows, cols) * clip[1]
     /// with momentum mom (updated in place). Returns the scratch tensor holding the orthogonalised
-    /// X: (rows, cols), or (cols, rows) when <see cref="Scratch.Tall"/>.
+    /// X: (rows, cols), or (cols, rows) when <see cref="Scratch.Tall"/>. With <paramref name="half"/>
+    /// the Newton-Schulz GEMMs run in f16 arithmetic (<see cref="RecordNewtonSchulz"/>).
     /// </summary>
-    public static GpuTensor RecordOrthogonalize(CommandRecorder rec, VulkanContext ctx, GpuTensor grad, GpuTensor mom, GpuTensor clip, float beta, Scratch s)
+    /// <exception cref="NotSupportedException"><paramref name="half"/> on a device without shaderFloat16.</exception>
+    public static GpuTensor RecordOrthogonalize(CommandRecorder rec, VulkanContext ctx, GpuTensor grad, GpuTensor mom, GpuTensor clip, float beta, Scratch s,
+        bool half = false)
     {
         var n = (long)s.Rows * s.Cols;
         if (grad.Count != n || mom.Count != n || clip.Count != 2)
@@ -104,20 +120,35 @@ internal static class Muon
         GradNorm.RecordFinish(rec, ctx, s.Partials, GradNorm.Groups(n), 0f, s.Norm);
         var normalize = ctx.Pipelines.Get("muon_normalize", 2, (uint)Marshal.SizeOf<MuonNormalizePush>(), WorkgroupSize);
         rec.Dispatch(normalize, [Binding.In(s.Norm), Binding.InOut(s.X)], new MuonNormalizePush { n = (uint)n }, gx, gy);
-        return RecordNewtonSchulz(rec, ctx, s);
+        return RecordNewtonSchulz(rec, ctx, s, half);
     }
 
-    /// <summary>Records the 5 quintic iterations on s.X (p, q), already normalised; returns the tensor holding the result.</summary>
-    public static GpuTensor RecordNewtonSchulz(CommandRecorder rec, VulkanContext ctx, Scratch s)
+    /// <summary>
+    /// Records the 5 quintic iterations on s.X (p, q), already normalised; returns the tensor
+    /// holding the result. With <paramref name="half"/> each GEMM is linear_backward_half (f16
+    /// operands and products, f32 sums and epilogues; twin <see cref="NewtonSchulzReference"/>
+    /// with half): X, A and B are still written and read as f32.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><paramref name="half"/> on a device without shaderFloat16.</exception>
+    public static GpuTensor RecordNewtonSchulz(CommandRecorder rec, VulkanContext ctx, Scratch s, bool half = false)
     {
         int p = s.P, q = s.Q;
         GpuTensor x = s.X, xn = s.Xn;
         for (var it = 0; it < NsSteps; it++)
         {
             // A = X X^T;  B = c A.A + b A;  X' = B X + a X.
-            RecordGemm(rec, ctx, x, Layout.RowMajor(q), x, Layout.Transposed(q), p, p, q, 1f, 0f, null, null, s.A);
-            RecordGemm(rec, ctx, s.A, Layout.RowMajor(p), s.A, Layout.RowMajor(p), p, p, p, NsC, NsB, s.A, null, s.Bm);
-            RecordGemm(rec, ctx, s.Bm, Layout.RowMajor(p), x, Layout.RowMajor(q), p, q, p, 1f, NsA, x, null, xn);
+            if (half)
+            {
+                RecordGemmHalf(rec, ctx, x, Layout.RowMajor(q), x, Layout.Transposed(q), p, p, q, 1f, 0f, null, HalfScaleX, HalfScaleX, s.A);
+                RecordGemmHalf(rec, ctx, s.A, Layout.RowMajor(p), s.A, Layout.RowMajor(p), p, p, p, NsC, NsB, s.A, HalfScaleA, HalfScaleA, s.Bm);
+                RecordGemmHalf(rec, ctx, s.Bm, Layout.RowMajor(p), x, Layout.RowMajor(q), p, q, p, 1f, NsA, x, HalfScaleB, HalfScaleX, xn);
+            }
+            else
+            {
+                RecordGemm(rec, ctx, x, Layout.RowMajor(q), x, Layout.Transposed(q), p, p, q, 1f, 0f, null, null, s.A);
+                RecordGemm(rec, ctx, s.A, Layout.RowMajor(p), s.A, Layout.RowMajor(p), p, p, p, NsC, NsB, s.A, null, s.Bm);
+                RecordGemm(rec, ctx, s.Bm, Layout.RowMajor(p), x, Layout.RowMajor(q), p, q, p, 1f, NsA, x, null, xn);
+            }
             (x, xn) = (xn, x);
         }
         return x;
@@ -158,8 +189,12 @@ internal static class Muon
         for (var i = 0; i < param.Length; i++) param[i] = param[i] * decay - step * x[i];
     }
 
-    /// <summary>CPU reference: Frobenius normalisation and 5 quintic iterations of U (rows, cols), transposing tall matrices; result (rows, cols).</summary>
-    public static float[] NewtonSchulzReference(ReadOnlySpan<float> u, int rows, int cols)
+    /// <summary>
+    /// CPU reference: Frobenius normalisation and 5 quintic iterations of U (rows, cols),
+    /// transposing tall matrices; result (rows, cols). With <paramref name="half"/>, the twin of
+    /// the f16 path: every GEMM is <see cref="GemmHalfReference"/> with the shader's scales.
+    /// </summary>
+    public static float[] NewtonSchulzReference(ReadOnlySpan<float> u, int rows, int cols, bool half = false)
     {
         var tall = rows > cols;
         int p = Math.Min(rows, cols), q = Math.Max(rows, cols);
@@ -170,21 +205,40 @@ internal static class Muon
         foreach (var v in x) ss += v * v;
         var inv = 1f / (MathF.Sqrt(ss) + 1e-7f);
         for (var i = 0; i < x.Length; i++) x[i] *= inv;
-
-        var a = new float[p * p];
-        var b = new float[p * p];
-        var xn = new float[p * q];
-        for (var it = 0; it < NsSteps; it++)
-        {
-            GemmReference(x, Layout.RowMajor(q), x, Layout.Transposed(q), p, p, q, 1f, 0f, default, default, a);
-            GemmReference(a, Layout.RowMajor(p), a, Layout.RowMajor(p), p, p, p, NsC, NsB, a, default, b);
-            GemmReference(b, Layout.RowMajor(p), x, Layout.RowMajor(q), p, q, p, 1f, NsA, x, default, xn);
-            (x, xn) = (xn, x);
-        }
+        x = NewtonSchulzIterationsReference(x, p, q, half);
         if (!tall) return x;
         var back = new float[rows * cols];
         for (var r = 0; r < rows; r++)
             for (var c = 0; c < cols; c++) back[r * cols + c] = x[c * rows + r];
         return back;
+    }
+
+    /// <summary>
+    /// CPU reference of <see cref="RecordNewtonSchulz"/>: the 5 quintic iterations on a normalised
+    /// X (p, q), p &lt;= q, fp32 GEMMs or (<paramref name="half"/>) <see cref="GemmHalfReference"/>
+    /// with the shader's scales (<paramref name="fusedEpilogue"/> as there). Returns the result; x is overwritten.
+    /// </summary>
+    public static float[] NewtonSchulzIterationsReference(float[] x, int p, int q, bool half, bool fusedEpilogue = false)
+    {
+        var a = new float[p * p];
+        var b = new float[p * p];
+        var xn = new float[p * q];
+        for (var it = 0; it < NsSteps; it++)
+        {
+            if (half)
+            {
+                GemmHalfReference(x, Layout.RowMajor(q), x, Layout.Transposed(q), p, p, q, 1f, 0f, default, HalfScaleX, HalfScaleX, a);
+                GemmHalfReference(a, Layout.RowMajor(p), a, Layout.RowMajor(p), p, p, p, NsC, NsB, a, HalfScaleA, HalfScaleA, b, fusedEpilogue);
+                GemmHalfReference(b, Layout.RowMajor(p), x, Layout.RowMajor(q), p, q, p, 1f, NsA, x, HalfScaleB, HalfScaleX, xn, fusedEpilogue);
+            }
+            else
+            {
+                GemmReference(x, Layout.RowMajor(q), x, Layout.Transposed(q), p, p, q, 1f, 0f, default, default, a);
+                GemmReference(a, Layout.RowMajor(p), a, Layout.RowMajor(p), p, p, p, NsC, NsB, a, default, b);
+                GemmReference(b, Layout.RowMajor(p), x, Layout.RowMajor(q), p, q, p, 1f, NsA, x, default, xn);
+            }
+            (x, xn) = (xn, x);
+        }
+        return x;
     }
 }

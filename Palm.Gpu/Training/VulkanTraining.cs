@@ -12,10 +12,13 @@ using Palm.Gpu.Vulkan;
 
 namespace Palm.Gpu.Training;
 
-/// <summary>Hyper-parameters of one optimizer step (the spec's Muon and AdamW; clip 0 = no clipping).</summary>
+/// <summary>
+/// Hyper-parameters of one optimizer step (the spec's Muon and AdamW; clip 0 = no clipping).
+/// <paramref name="MuonHalf"/>: Muon's Newton-Schulz GEMMs in f16 arithmetic (needs shaderFloat16).
+/// </summary>
 internal sealed record GpuStepHyper(
     double MuonLr, double AdamLr, double WeightDecay, double MuonBeta,
-    double AdamBeta1, double AdamBeta2, double AdamEps, double Clip, long AdamStep);
+    double AdamBeta1, double AdamBeta2, double AdamEps, double Clip, long AdamStep, bool MuonHalf = false);
 
 /// <summary>What a step reports: mean cross-entropy over counted targets and the gradient norm before clipping.</summary>
 internal readonly record struct GpuStepResult(double Loss, double GradNorm);
@@ -411,7 +414,7 @@ internal sealed class VulkanTraining : IDisposable
         {
             if (p.Muon is { } s)
             {
-                var x = Muon.RecordOrthogonalize(rec, ctx, p.Grad, p.M, clip, (float)h.MuonBeta, s);
+                var x = Muon.RecordOrthogonalize(rec, ctx, p.Grad, p.M, clip, (float)h.MuonBeta, s, h.MuonHalf);
                 Muon.RecordUpdate(rec, ctx, p.Value, x, s, h.MuonLr, h.WeightDecay);
             }
             else

@@ -40,11 +40,12 @@ internal interface ITrainingBackend : IDisposable
 internal static class TrainingBackends
 {
     /// <summary>The backend a config names, holding <paramref name="parameters"/> (the vulkan one uploads and keeps them as its host copy).</summary>
-    /// <exception cref="UserError">Unknown backend or no usable Vulkan device.</exception>
-    public static ITrainingBackend Create(string backend, string device, PalmParameters parameters) => backend switch
+    /// <remarks><paramref name="muonFp16"/> is for vulkan only (TrainConfig.Validate refuses it with cpu).</remarks>
+    /// <exception cref="UserError">Unknown backend, no usable Vulkan device, or muon_fp16 on a device without f16 arithmetic.</exception>
+    public static ITrainingBackend Create(string backend, string device, bool muonFp16, PalmParameters parameters) => backend switch
     {
         "cpu" => new CpuBackend(parameters),
-        "vulkan" => VulkanBackend.Open(parameters, device),
+        "vulkan" => VulkanBackend.Open(parameters, device, muonFp16),
         _ => throw new UserError($"config.backend: must be \"cpu\" or \"vulkan\", got \"{backend}\""),
     };
 }

@@ -19,15 +19,20 @@ internal sealed class VulkanBackend : ITrainingBackend
     private readonly VulkanContext _ctx;
     private readonly VulkanTraining _gpu;
     private readonly PalmParameters _host;   // refreshed from the device by ReadParameters
+    private readonly bool _muonHalf;
 
-    private VulkanBackend(VulkanContext ctx, VulkanTraining gpu, PalmParameters host)
+    private VulkanBackend(VulkanContext ctx, VulkanTraining gpu, PalmParameters host, bool muonHalf)
     {
-        _ctx = ctx; _gpu = gpu; _host = host;
+        _ctx = ctx; _gpu = gpu; _host = host; _muonHalf = muonHalf;
     }
 
-    /// <summary>Opens the device (<paramref name="device"/>: index or name substring; empty = PALM_VK_DEVICE or the best) and uploads <paramref name="parameters"/>.</summary>
-    /// <exception cref="UserError">No usable Vulkan device, or the selector matches none.</exception>
-    public static VulkanBackend Open(PalmParameters parameters, string device)
+    /// <summary>
+    /// Opens the device (<paramref name="device"/>: index or name substring; empty = PALM_VK_DEVICE
+    /// or the best) and uploads <paramref name="parameters"/>. <paramref name="muonFp16"/>: Muon's
+    /// Newton-Schulz in f16 arithmetic (config muon_fp16).
+    /// </summary>
+    /// <exception cref="UserError">No usable Vulkan device, the selector matches none, or muon_fp16 on a device without f16 arithmetic.</exception>
+    public static VulkanBackend Open(PalmParameters parameters, string device, bool muonFp16 = false)
     {
         var options = VulkanOptions.FromEnvironment();
         if (!string.IsNullOrWhiteSpace(device)) options = options with { Device = device };
@@ -39,8 +44,9 @@ internal sealed class VulkanBackend : ITrainingBackend
         }
         try
         {
+            if (muonFp16) CheckMuonFp16(ctx.Capabilities);
             var gpu = new VulkanTraining(ctx, GpuMapping.ToGpu(parameters.Config), GpuMapping.ToGpuWeights(parameters));
-            return new VulkanBackend(ctx, gpu, parameters);
+            return new VulkanBackend(ctx, gpu, parameters, muonFp16);
         }
         catch
         {
@@ -50,11 +56,19 @@ internal sealed class VulkanBackend : ITrainingBackend
     }
 
 
-    public string Description => $"vulkan ({_ctx.Capabilities.DeviceName}, {_ctx.Capabilities.DeviceType})";
+    /// <summary>Refuses muon_fp16 where the device cannot do f16 arithmetic: no silent fallback to fp32.</summary>
+    /// <exception cref="UserError">The device lacks shaderFloat16.</exception>
+    internal static void CheckMuonFp16(GpuCapabilities caps)
+    {
+        if (!caps.ShaderFloat16)
+            throw new UserError($"config.muon_fp16: {caps.DeviceName} has no f16 arithmetic (shaderFloat16); set muon_fp16=false");
+    }
+
+    public string Description => $"vulkan ({_ctx.Capabilities.DeviceName}, {_ctx.Capabilities.DeviceType}){(_muonHalf ? ", muon fp16" : "")}";
 
     public (double Loss, double GradNorm) Step(IReadOnlyList<MicroBatch> micro, int batch, int t, StepHyper hp, long adamStep)
     {
-        var h = new GpuStepHyper(hp.MuonLr, hp.AdamLr, hp.WeightDecay, hp.MuonBeta, hp.AdamBeta1, hp.AdamBeta2, hp.AdamEps, hp.Clip, adamStep);
+        var h = new GpuStepHyper(hp.MuonLr, hp.AdamLr, hp.WeightDecay, hp.MuonBeta, hp.AdamBeta1, hp.AdamBeta2, hp.AdamEps, hp.Clip, adamStep, _muonHalf);
         if (micro.Count == 1)
         {
             var r = _gpu.Step(micro[0].X, micro[0].Y, batch, t, h);

@@ -93,6 +93,12 @@ public sealed record TrainConfig
     [JsonPropertyName("weight_decay")] public double WeightDecay { get; init; } = 0.0;
     /// <summary>Global gradient-norm clip; 0 disables.</summary>
     [JsonPropertyName("clip")] public double Clip { get; init; } = 1.0;
+    /// <summary>
+    /// Muon's Newton-Schulz GEMMs in f16 arithmetic (f16 operands and products, f32 sums; X stays
+    /// f32): backend vulkan on a device with shaderFloat16 only (an error elsewhere, never a silent
+    /// fallback). Off: float32 throughout.
+    /// </summary>
+    [JsonPropertyName("muon_fp16")] public bool MuonFp16 { get; init; }
 
     [JsonPropertyName("eval_interval")] public int EvalInterval { get; init; } = 50;
     [JsonPropertyName("eval_iters")] public int EvalIters { get; init; } = 4;
@@ -132,6 +138,7 @@ public sealed record TrainConfig
         Check(SampleTokens >= 0, "sample_tokens", $"must be >= 0, got {SampleTokens}");
         Check(CheckpointInterval >= 0, "checkpoint_interval", $"must be >= 0 (0 = only at the end), got {CheckpointInterval}");
         Check(Backend is "cpu" or "vulkan", "backend", $"must be \"cpu\" or \"vulkan\", got \"{Backend}\"");
+        Check(!MuonFp16 || Backend == "vulkan", "muon_fp16", "runs only on backend=vulkan (the cpu backend is the float32 reference); set backend=vulkan or muon_fp16=false");
         Check(!string.IsNullOrWhiteSpace(Data), "data", "must name a prepared data folder");
     }
 }

@@ -57,7 +57,7 @@ public sealed class TrainingLoop : IDisposable
             _dataPosition = resume.DataPosition;
             _losses.AddRange(resume.LossHistory);
         }
-        _backend = TrainingBackends.Create(config.Backend, config.Device, parameters);
+        _backend = TrainingBackends.Create(config.Backend, config.Device, config.MuonFp16, parameters);
         try { if (moments is not null) _backend.WriteMoments(moments); }
         catch { _backend.Dispose(); throw; }
     }

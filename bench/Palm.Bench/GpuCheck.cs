@@ -1,6 +1,7 @@
 // The GPU conformance check for machines without the .NET SDK (scripts/gpu-check.sh runs it from
 // a self-contained publish): the half-arithmetic and cooperative-matrix linears against their CPU
-// twins (the tests' cases and tolerances; on a GPU this is where linear_coopmat first runs), the
+// twins (the tests' cases and tolerances; on a GPU this is where linear_coopmat first runs),
+// Muon's fp16 Newton-Schulz (linear_backward_half) against its twin and the fp32 reference, the
 // whole Vulkan forward against every golden file's logits and loss, and single-step decoding
 // against the parallel forward, with the tests' tolerances.
 using Palm.Gpu;
@@ -29,6 +30,7 @@ public static class GpuCheck
         {
             Console.WriteLine($"gpu-check on {ctx.Capabilities.DeviceName} ({ctx.Capabilities.DeviceType})");
             LinearChecks(ctx, ref passed, ref failed);
+            MuonHalfChecks(ctx, ref passed, ref failed);
             var files = GoldenCase.Directories().SelectMany(d => Directory.EnumerateFiles(d, "*.msgpack")).Order(StringComparer.Ordinal).ToList();
             if (files.Count == 0) { Console.WriteLine("gpu-check: no golden files (set PALM_GOLDEN_DIR)"); return 1; }
             foreach (var f in files)
@@ -133,6 +135,123 @@ public static class GpuCheck
                 else { failed++; Console.WriteLine($"FAIL {label}: {err}"); }
             }
         }
+    }
+
+    /// <summary>
+    /// Muon's fp16 Newton-Schulz (muon_fp16) as the tests check it on lavapipe
+    /// (VulkanBackwardConformanceTests, MuonHalfReferenceTests): linear_backward_half against
+    /// LinearBackward.GemmHalfReference at the fp32 tolerance; the five iterations from one X
+    /// against their twin (1e-5); the whole orthogonalisation from U against the fp32 reference
+    /// within the fp16 tolerance (Tolerance.MuonHalfAtol 3e-2, MuonHalfRelFro 1.5e-2). The twins
+    /// run with an unfused and a fused epilogue fma (Vulkan allows either); the line says which
+    /// one the device matched.
+    /// </summary>
+    private static void MuonHalfChecks(VulkanContext ctx, ref int passed, ref int failed)
+    {
+        if (!ctx.Capabilities.ShaderFloat16) { Console.WriteLine("SKIP muon fp16: no shaderFloat16"); return; }
+        const ulong seed = 20261201;
+        var rng = new Rng(seed);
+        float[] Uniform(int n, double scale) { var v = new float[n]; for (int i = 0; i < n; i++) v[i] = (float)((2 * rng.NextDouble() - 1) * scale); return v; }
+        int ok = 0, bad = 0;
+        void Report(string label, string? err)
+        {
+            if (err is null) { ok++; Console.WriteLine($"PASS {label} (seed {seed})"); }
+            else { bad++; Console.WriteLine($"FAIL {label} (seed {seed}): {err}"); }
+        }
+        // Closer of the two twins, or the error against the unfused one.
+        static (string? Err, string Which) EitherTwin(float[] got, float[] unfused, float[] fused, double atol, double rtol)
+        {
+            var u = CompareWith(got, unfused, atol, rtol);
+            if (u is null) return (null, "unfused epilogue");
+            return CompareWith(got, fused, atol, rtol) is null ? (null, "fused epilogue") : (u, "neither");
+        }
+
+        (int M, int N, int K, bool AT, bool BT, float Alpha, float Beta, float Sa, float Sb)[] gemms =
+        [
+            (9, 9, 33, false, true, 1f, 0f, 128f, 128f), (33, 33, 33, false, false, Muon.NsC, Muon.NsB, 128f, 128f),
+            (65, 129, 17, false, false, 1f, Muon.NsA, 64f, 128f), (5, 3, 7, true, false, 0.5f, 0f, 128f, 128f), (3, 5, 8191, false, true, 1f, 0f, 128f, 128f),
+        ];
+        foreach (var (m, n, k, aT, bT, alpha, beta, sa, sb) in gemms)
+        {
+            var label = $"linear_backward_half M={m} N={n} K={k} aT={aT} bT={bT} beta={beta}";
+            try
+            {
+                var a = Uniform(m * k, 1 / Math.Sqrt(k));
+                var b = Uniform(k * n, 1 / Math.Sqrt(k));
+                var e = Uniform(m * n, 1);
+                var la = aT ? LinearBackward.Layout.Transposed(m) : LinearBackward.Layout.RowMajor(k);
+                var lb = bT ? LinearBackward.Layout.Transposed(k) : LinearBackward.Layout.RowMajor(n);
+                var c = new float[m * n];
+                Array.Fill(c, float.NaN);
+                using var ta = ctx.CreateTensor(a, GpuDType.F32, a.Length);
+                using var tb = ctx.CreateTensor(b, GpuDType.F32, b.Length);
+                using var te = ctx.CreateTensor(e, GpuDType.F32, m, n);
+                using var tc = ctx.CreateTensor(c, GpuDType.F32, m, n);
+                using (var rec = new CommandRecorder(ctx))
+                {
+                    LinearBackward.RecordGemmHalf(rec, ctx, ta, la, tb, lb, m, n, k, alpha, beta, beta != 0 ? te : null, sa, sb, tc);
+                    rec.Submit();
+                }
+                tc.Download(c);
+                var unfused = new float[m * n];
+                var fused = new float[m * n];
+                LinearBackward.GemmHalfReference(a, la, b, lb, m, n, k, alpha, beta, e, sa, sb, unfused);
+                LinearBackward.GemmHalfReference(a, la, b, lb, m, n, k, alpha, beta, e, sa, sb, fused, fusedEpilogue: true);
+                double maxRef = unfused.Max(v => Math.Abs((double)v));
+                var (err, which) = EitherTwin(c, unfused, fused, 1e-5 * Math.Sqrt(k) * Math.Max(1, maxRef), 1e-4);
+                Report($"{label} vs twin ({which})", err);
+            }
+            catch (Exception ex) { Report(label, ex.GetType().Name + ": " + ex.Message); }
+        }
+
+        foreach (var (rows, cols) in new[] { (1, 1), (12, 7), (7, 12), (64, 64), (97, 33), (130, 67), (6, 3001), (64, 256) })
+        {
+            var label = $"muon fp16 newton-schulz {rows}x{cols}";
+            try
+            {
+                int p = Math.Min(rows, cols), q = Math.Max(rows, cols);
+                var x0 = Uniform(p * q, 1 / Math.Sqrt((double)p * q));
+                using var scratch = new Muon.Scratch(ctx, rows, cols);
+                scratch.X.Upload(x0);
+                GpuTensor? x = null;
+                using (var rec = new CommandRecorder(ctx))
+                {
+                    x = Muon.RecordNewtonSchulz(rec, ctx, scratch, half: true);
+                    rec.Submit();
+                }
+                var got = x.ToArray();
+                var unfused = Muon.NewtonSchulzIterationsReference((float[])x0.Clone(), p, q, half: true);
+                var fused = Muon.NewtonSchulzIterationsReference((float[])x0.Clone(), p, q, half: true, fusedEpilogue: true);
+                var (err, which) = EitherTwin(got, unfused, fused, 1e-5, 1e-4);
+                Report($"{label}, iterations vs twin ({which})", err);
+
+                // From U through momentum (beta 0), the device's normalisation and the iterations, against fp32.
+                var u = Uniform(rows * cols, 1);
+                using var tg = ctx.CreateTensor(u, GpuDType.F32, rows, cols);
+                using var tm = ctx.CreateTensor(new float[rows * cols], GpuDType.F32, rows, cols);
+                using var tclip = ctx.CreateTensor([0f, 1f], GpuDType.F32, 2);
+                using (var rec = new CommandRecorder(ctx))
+                {
+                    x = Muon.RecordOrthogonalize(rec, ctx, tg, tm, tclip, 0f, scratch, half: true);
+                    rec.Submit();
+                }
+                var xs = x.ToArray();
+                var ns = new float[rows * cols];
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < cols; c++) ns[r * cols + c] = scratch.Tall ? xs[c * rows + r] : xs[r * cols + c];
+                var f32 = Muon.NewtonSchulzReference(u, rows, cols);
+                double se = 0, sr = 0;
+                for (int i = 0; i < ns.Length; i++) { double d = (double)ns[i] - f32[i]; se += d * d; sr += (double)f32[i] * f32[i]; }
+                double rel = Math.Sqrt(se / Math.Max(sr, double.Epsilon));
+                var err2 = CompareWith(ns, f32, 3e-2, 0) ?? (rel <= 1.5e-2 ? null : $"relative Frobenius error {rel:E2} > 1.5e-2");
+                double maxErr = 0;
+                for (int i = 0; i < ns.Length; i++) maxErr = Math.Max(maxErr, Math.Abs((double)ns[i] - f32[i]));
+                Report($"{label} vs fp32 (max error {maxErr:E2}, relative Frobenius {rel:E2})", err2);
+            }
+            catch (Exception ex) { Report(label, ex.GetType().Name + ": " + ex.Message); }
+        }
+        passed += ok;
+        failed += bad;
     }
 
     private static string? CompareWith(float[] got, float[] expected, double atol, double rtol)

@@ -21,6 +21,20 @@ internal static class Tolerance
 
     public static double ForMatrixUnits(int k) => ForReduction(k) + Math.Max(k, 1) * Math.Pow(2, -20);
 
+    // Muon's fp16 Newton-Schulz (f16 operands and products, f32 sums) against the fp32 one. Its
+    // outputs are scale-free (singular values in [0.68, 1.21], so |x| <= 1.21), hence an absolute
+    // elementwise tolerance, plus one on the relative Frobenius error. Measured on the CPU twin
+    // over 1x1 to 256x256 and 100x700 (square, tall, wide, not multiples of the tile; uniform,
+    // rank-4-plus-noise and one-spike inputs, 3 seeds each): max elementwise error 5.4e-3,
+    // relative Frobenius error 2e-5 to 6.1e-3 (bf16 operands and products, as upstream Muon
+    // uses, measured 1.7e-2 to 3.1e-2). Exactly rank-deficient inputs (rank 1 to 8, no noise)
+    // are worse: max 1.3e-2, relative Frobenius up to 4.9e-2, because f16 rounding puts ~2^-11
+    // of noise into the null space and each iteration multiplies it by a = 3.44 (the quintic's
+    // slope at 0; 3.44^5 ~ 490), where fp32 starts from ~2^-24. Bounds ~2x the worst measured.
+    public const double MuonHalfAtol = 3e-2;
+    public const double MuonHalfRelFro = 1.5e-2;
+    public const double MuonHalfRelFroRankDeficient = 1e-1;
+
     /// <summary>Fails (printing the seed, max error and first mismatch) unless every element is close; NaN never is.</summary>
     public static void AssertClose(ReadOnlySpan<float> got, ReadOnlySpan<double> expected, double atol, double rtol,
         string what, int seed, int cols)

@@ -101,12 +101,13 @@ internal static class Validation
     }
 }
 
-/// <summary>A fact that runs only where a Vulkan device exists.</summary>
+/// <summary>A fact that runs only where a Vulkan device exists (and has the features named).</summary>
 public sealed class VulkanFactAttribute : FactAttribute
 {
-    public VulkanFactAttribute()
+    public VulkanFactAttribute(params GpuFeature[] features)
     {
         if (VulkanProbe.UnavailableReason is { } r) Skip = r;
+        else if (features.Select(VulkanProbe.MissingReason).FirstOrDefault(m => m is not null) is { } missing) Skip = missing;
     }
 }
 

@@ -84,6 +84,22 @@ public class TrainConfigTests
         Assert.Contains(expected, e.Message);
     }
 
+    [Fact]
+    public void MuonFp16_IsOffByDefault_SetFromFileOrSet_AndVulkanOnly()
+    {
+        Assert.False(new TrainConfig().MuonFp16);
+        using var dir = new TempDir();
+        Assert.True(ConfigLoader.Load(WriteConfig(dir, """{ "backend": "vulkan", "muon_fp16": true }"""), []).MuonFp16);
+        var set = ConfigLoader.Load(null, ["backend=vulkan", "muon_fp16=true"]);
+        Assert.True(set.MuonFp16);
+        Assert.Contains("\"muon_fp16\": true", ConfigLoader.ToJson(set));   // printed and saved with the run
+        // The cpu backend is the float32 reference: asking it for fp16 is an error, not ignored.
+        var e = Assert.Throws<UserError>(() => ConfigLoader.Load(null, ["muon_fp16=true"]));
+        Assert.Contains("config.muon_fp16", e.Message);
+        Assert.Contains("backend=vulkan", e.Message);
+        Assert.Contains("'muon_fp16'", Assert.Throws<UserError>(() => ConfigLoader.Load(null, ["backend=vulkan", "muon_fp16=1"])).Message);
+    }
+
     [Theory]
     [InlineData("huge", null, "config.model.preset")]
     [InlineData("tiny", "model.n_head=3", "config.model.d_qkv")]

@@ -13,13 +13,19 @@ namespace Palm.Tests.Gpu.Training;
 [Collection("Vulkan")]
 public sealed class VulkanBackwardConformanceTests : IDisposable
 {
+    // The fp16 Newton-Schulz iterations on the device against their twin from the same X: fp32
+    // rounding of sums that are ordered alike (bit-identical on lavapipe).
+    const double MuonHalfTwinAtol = 1e-5;
+
     readonly VulkanFixture fixture;
+    readonly ITestOutputHelper output;
     readonly int seed;
     readonly Random rng;
 
     public VulkanBackwardConformanceTests(VulkanFixture fixture, ITestOutputHelper output)
     {
         this.fixture = fixture;
+        this.output = output;
         fixture.Context?.Messenger?.Clear();
         seed = int.TryParse(Environment.GetEnvironmentVariable("PALM_TEST_SEED"), out var s) ? s : Random.Shared.Next();
         rng = new Random(seed);
@@ -113,6 +119,97 @@ public sealed class VulkanBackwardConformanceTests : IDisposable
         using var tc = Tensor(Poisoned(M * N), M, N);
         Submit(rec => Kernels.LinearBackward.RecordGemm(rec, Ctx, ta, la, tb, lb, M, N, K, alpha, beta, te, null, tc));
         Close(tc.ToArray(), expected, Tolerance.ForReduction(K) * Math.Max(1, MaxAbs(expected)), $"gemm M={M} N={N} K={K} aT={aT} bT={bT}", N);
+    }
+
+    [VulkanTheory(GpuFeature.HalfArithmetic)]
+    [InlineData(1, 1, 1, false, false, false, 1f, 0f, 1f, 1f)]
+    [InlineData(5, 3, 7, true, false, false, 0.5f, 0f, 128f, 128f)]       // A^T from a row-major (K, M)
+    [InlineData(9, 9, 33, false, true, false, 1f, 0f, 128f, 128f)]        // X X^T, Newton-Schulz's first GEMM
+    [InlineData(33, 33, 33, false, false, false, 2.0315f, -4.775f, 128f, 128f)]   // c A.A + b A
+    [InlineData(70, 5, 3, true, true, true, 1f, 3.4445f, 64f, 128f)]      // accumulate in place (e = c)
+    [InlineData(65, 129, 17, false, false, false, 1f, 3.4445f, 64f, 128f)]     // one past the large tile in M and N
+    // K = 8191: 512 tile steps per invocation, enough loop iterations to notice lavapipe's
+    // silent end of rolled loops after 65,535 in total.
+    [InlineData(3, 5, 8191, false, true, false, 1f, 0f, 128f, 128f)]
+    public void Strided_gemm_half_matches_its_twin(int M, int N, int K, bool aT, bool bT, bool inPlace, float alpha, float beta, float sa, float sb)
+    {
+        // Newton-Schulz-like magnitudes (~1/sqrt(K)): the scales keep the products out of f16's subnormals.
+        var a = Uniform(M * K, 1 / Math.Sqrt(K));
+        var b = Uniform(K * N, 1 / Math.Sqrt(K));
+        var e = Uniform(M * N);
+        var la = aT ? Layout.Transposed(M) : Layout.RowMajor(K);
+        var lb = bT ? Layout.Transposed(K) : Layout.RowMajor(N);
+        var expected = new float[M * N];
+        Kernels.LinearBackward.GemmHalfReference(a, la, b, lb, M, N, K, alpha, beta, e, sa, sb, expected);
+        using var ta = Tensor(a, a.Length);
+        using var tb = Tensor(b, b.Length);
+        using var te = Tensor(e, M, N);
+        using var tc = inPlace ? null : Tensor(Poisoned(M * N), M, N);
+        var c = tc ?? te;
+        Submit(rec => Kernels.LinearBackward.RecordGemmHalf(rec, Ctx, ta, la, tb, lb, M, N, K, alpha, beta, beta != 0 ? te : null, sa, sb, c));
+        // Same roundings and the same k order as the twin: only f32 rounding of the sums can differ.
+        Close(c.ToArray(), expected, Tolerance.ForReduction(K) * Math.Max(1, MaxAbs(expected)),
+            $"gemm half M={M} N={N} K={K} aT={aT} bT={bT} inPlace={inPlace}", N);
+    }
+
+    /// <summary>The orthogonalised update of U = grad (momentum 0, beta 0, clip factor 1) on the device, back in (rows, cols).</summary>
+    float[] DeviceNewtonSchulz(float[] u, int rows, int cols, bool half)
+    {
+        using var tg = Tensor(u, rows, cols);
+        using var tm = Tensor(new float[rows * cols], rows, cols);
+        using var tc = Tensor([0f, 1f], 2);
+        using var scratch = new Kernels.Muon.Scratch(Ctx, rows, cols);
+        scratch.X.Upload(Poisoned(rows * cols));
+        scratch.Xn.Upload(Poisoned(rows * cols));
+        scratch.A.Upload(Poisoned(scratch.P * scratch.P));
+        scratch.Bm.Upload(Poisoned(scratch.P * scratch.P));
+        GpuTensor? x = null;
+        Submit(rec => x = Kernels.Muon.RecordOrthogonalize(rec, Ctx, tg, tm, tc, 0f, scratch, half));
+        var xs = x!.ToArray();
+        var ns = new float[rows * cols];
+        for (var r = 0; r < rows; r++)
+            for (var c = 0; c < cols; c++) ns[r * cols + c] = scratch.Tall ? xs[c * rows + r] : xs[r * cols + c];
+        return ns;
+    }
+
+    [VulkanTheory(GpuFeature.HalfArithmetic)]
+    [InlineData(1, 1)]
+    [InlineData(12, 7)]      // tall: orthogonalised as the transpose
+    [InlineData(7, 12)]      // wide
+    [InlineData(64, 64)]     // exactly one large tile
+    [InlineData(97, 33)]     // past one GEMM tile, not a multiple of it
+    [InlineData(6, 3001)]    // long rows: X X^T sums 3001 terms
+    public void Muon_fp16_newton_schulz_matches_its_twin_and_fp32(int rows, int cols)
+    {
+        var what = $"muon fp16 newton-schulz {rows}x{cols}";
+        // The iterations alone from one normalised X (p, q), against the twin: same roundings and
+        // sum order, so an fp32 tolerance. Both need the same X and the same epilogue rounding:
+        // an f32 value one ulp off now and then rounds to the other neighbouring half, a 2^-11
+        // step that five iterations amplify (up to ~6e-4 measured). Hence the twin starts after
+        // the normalisation (whose sums the device orders differently), and runs with a fused
+        // and an unfused epilogue fma (Vulkan allows either): the device must match one of them.
+        int p = Math.Min(rows, cols), q = Math.Max(rows, cols);
+        var x0 = Uniform(p * q, 1 / Math.Sqrt((double)p * q));
+        using (var scratch = new Kernels.Muon.Scratch(Ctx, rows, cols))
+        {
+            scratch.X.Upload(x0);
+            scratch.Xn.Upload(Poisoned(p * q));
+            scratch.A.Upload(Poisoned(p * p));
+            scratch.Bm.Upload(Poisoned(p * p));
+            GpuTensor? x = null;
+            Submit(rec => x = Kernels.Muon.RecordNewtonSchulz(rec, Ctx, scratch, half: true));
+            var got = x!.ToArray();
+            var unfused = Kernels.Muon.NewtonSchulzIterationsReference((float[])x0.Clone(), p, q, half: true);
+            var fused = Kernels.Muon.NewtonSchulzIterationsReference((float[])x0.Clone(), p, q, half: true, fusedEpilogue: true);
+            var (du, df) = (Numerics.MaxAbsDiff(got, unfused), Numerics.MaxAbsDiff(got, fused));
+            output.WriteLine($"{what}: iterations, max |device - twin| {du:E2} (unfused epilogue), {df:E2} (fused)");
+            Close(got, du <= df ? unfused : fused, MuonHalfTwinAtol, what + $", iterations vs twin ({(du <= df ? "unfused" : "fused")} epilogue)", q);
+        }
+
+        // The whole orthogonalisation from U on the device against the fp32 reference.
+        var u = Uniform(rows * cols);
+        MuonHalfReferenceTests.AssertMuonHalfClose(DeviceNewtonSchulz(u, rows, cols, half: true), Kernels.Muon.NewtonSchulzReference(u, rows, cols),
+            Tolerance.MuonHalfRelFro, what + " vs fp32", seed, cols, output);
     }
 
     [VulkanTheory]

@@ -9,15 +9,22 @@
 // and same inputs; only the round trip of weights and moments through the checkpoint differs).
 using Palm.Inference.Checkpoint;
 using Palm.Tests.Trainer;
+using Palm.Tests.Gpu;
+using Palm.Trainer.Backends;
+using Palm.Trainer.Commands;
 using Palm.Trainer.Training;
 using Xunit.Abstractions;
 
 namespace Palm.Tests.Gpu.Training;
 
 [Collection("Vulkan")]
-public sealed class VulkanTrainerBackendTests(ITestOutputHelper output)
+public sealed class VulkanTrainerBackendTests(VulkanFixture fixture, ITestOutputHelper output)
 {
     const double LossAtol = 2e-4, WeightAtol = 2e-3, ResumeAtol = 1e-5;
+    // muon_fp16 against fp32 Muon, same device and seed: each Muon update differs by the fp16
+    // Newton-Schulz error (~3e-3 relative), which moves the loss far less. Measured on lavapipe:
+    // at most 5.3e-6 per step over the 10 steps and the val losses. Bound ~20x that.
+    const double Fp16LossAtol = 1e-4;
 
     static TrainConfig Config(string data, string backend, int accum) => new()
     {
@@ -82,6 +89,43 @@ public sealed class VulkanTrainerBackendTests(ITestOutputHelper output)
         // Same moment set, so either checkpoint resumes on either backend.
         Assert.Equal(cpu.Training.Optimizer.Keys.Order(), vk.Training.Optimizer.Keys.Order());
         foreach (var (name, ms) in cpu.Training.Optimizer) Assert.Equal(ms.Keys.Order(), vk.Training.Optimizer[name].Keys.Order());
+    }
+
+    [VulkanFact(GpuFeature.HalfArithmetic)]
+    public void Muon_fp16_gives_the_fp32_loss_curve_within_tolerance()
+    {
+        using var dir = new TempDir();
+        var (data, _) = TrainerTestData.Prepare(dir, new Random(34), lines: 3000, shardTokens: 1 << 20);
+        var f32 = Train(Config(data, "vulkan", 1), dir["f32"]);
+        var f16 = Train(Config(data, "vulkan", 1) with { MuonFp16 = true }, dir["f16"]);
+        var (a, b) = (f32.Training!.LossHistory, f16.Training!.LossHistory);
+        Assert.Equal(a.Length, b.Length);
+        double worst = 0;
+        for (int s = 0; s < a.Length; s++)
+        {
+            output.WriteLine($"step {s + 1,2}: fp32 {a[s]:F7} fp16 {b[s]:F7} diff {b[s] - a[s]:E2}");
+            worst = Math.Max(worst, Math.Abs(a[s] - b[s]));
+        }
+        Assert.True(worst <= Fp16LossAtol, $"muon_fp16 loss differs from fp32 by {worst:E2} > {Fp16LossAtol}");
+        // The option must reach the optimizer: identical curves would mean it ran fp32.
+        Assert.True(worst > 0, "muon_fp16 gave exactly the fp32 losses: the f16 Newton-Schulz did not run");
+        Assert.True(b[^1] < b[0], "the loss should fall over 10 steps");
+        var (va, vb) = (ValLosses(dir["f32"]), ValLosses(dir["f16"]));
+        for (int i = 0; i < va.Count; i++)
+        {
+            output.WriteLine($"val {i}: fp32 {va[i]:F7} fp16 {vb[i]:F7}");
+            Assert.True(Math.Abs(va[i] - vb[i]) <= Fp16LossAtol, $"val loss {i}: fp16 {vb[i]} vs fp32 {va[i]}");
+        }
+    }
+
+    [VulkanFact]
+    public void Muon_fp16_without_f16_arithmetic_is_a_user_error_not_a_fallback()
+    {
+        var caps = fixture.Require().Capabilities;
+        var e = Assert.Throws<UserError>(() => VulkanBackend.CheckMuonFp16(caps with { ShaderFloat16 = false }));
+        Assert.Contains("config.muon_fp16", e.Message);
+        Assert.Contains(caps.DeviceName, e.Message);
+        if (caps.ShaderFloat16) VulkanBackend.CheckMuonFp16(caps);   // and a device that has it passes
     }
 
     [VulkanFact]

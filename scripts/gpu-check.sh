@@ -31,7 +31,7 @@ prepare)
   mkdir -p .gl /tmp/amd64/partial
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
   apt-get $o update -qq
-  (cd .gl && apt-get $o download -qq libvulkan1)
+  (cd .gl && apt-get $o download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
   du -sh "$pub" .gl
   echo "prepared: now call the device tool with carry [\"publish\", \".gl\"] and command \"bash scripts/gpu-check.sh run\""
   ;;
@@ -40,43 +40,19 @@ run)
   tsv="${OUT:-/tmp}/vulkan-matmul.tsv"
   {
     for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-    if [[ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]]; then
-      export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    fi
+    # The NVIDIA ICD manifest: the device tool's usual place, else wherever the driver put it.
+    icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    [[ -f $icd ]] || icd=$(find /usr /etc /opt /lib /run -name 'nvidia_icd*.json' 2>/dev/null | head -1)
+    echo "vulkan ICD manifest: ${icd:-none found}"; [[ -n $icd ]] && cat "$icd"
+    [[ -n $icd ]] && export VK_DRIVER_FILES=$icd
+    ldconfig -p | grep -E 'libvulkan|libGLX_nvidia|libnvidia-glvkspirv' | head -5
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
     export PALM_GOLDEN_DIR="$PWD/$pub/golden" PALM_VK_CACHE_DIR=/tmp/palm-vk-cache
     # PALM_VK_COOPMAT=1: enable VK_NV_cooperative_matrix (off in a default context) to test and time linear_coopmat.
-    echo "== conformance"; PALM_VK_COOPMAT=1 "$pub/Palm.Bench" gpu-check
-    echo "== vulkan benchmark"; PALM_VK_COOPMAT=1 "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5 --matmul-tsv "$tsv"
-    echo "== per-kernel profile of one small forward"; PALM_VK_PROFILE=1 "$pub/Palm.Bench" gpu --sizes 256 --reps 1
-    echo "== engine API on the GPU: load, TTFT, decode 1 and 32 sessions, GPU vs wall ms/token"
-    "$pub/Palm.Bench" api --backend vulkan --no-peer --tokens 128 --sessions 32
-    echo "== vulkan training step"; "$pub/Palm.Bench" gpu-train --config tiny --reps 5; "$pub/Palm.Bench" gpu-train --config small --reps 5
-    echo "== PyTorch CUDA training step, same model (the peer's Palm and Muon on the GPU)"
-    PYTHONUNBUFFERED=1 PYTHONPATH="$pub" python3 - <<'PY'
-import time, torch, statistics
-import torch_palm_bench as tp
-torch.backends.cuda.matmul.allow_tf32 = False
-for name in ("tiny", "small"):
-    preset = tp.PRESETS[name]; c, batch = preset["config"], preset["batch"]
-    torch.manual_seed(0)
-    model = tp.Palm(c).cuda()
-    muon, adamw = tp.make_optimizers(model)
-    params = list(model.parameters())
-    data = torch.randint(c["vocab_size"], (batch, c["block_size"] + 1), device="cuda")
-    def step():
-        _, loss, _ = model(data[:, :-1], data[:, 1:])
-        muon.zero_grad(set_to_none=True); adamw.zero_grad(set_to_none=True)
-        loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); muon.step(); adamw.step()
-    for _ in range(3): step()
-    ts = []
-    for _ in range(10):
-        torch.cuda.synchronize(); t = time.perf_counter(); step(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
-    s = statistics.median(ts)
-    print(f"| pytorch-cuda train `{name}` {batch}x{c['block_size']} | {batch * c['block_size'] / s:.0f} tokens/s | {s * 1e3:.1f} ms |")
-PY
+    echo "== conformance"; PALM_VK_COOPMAT=1 timeout 180 "$pub/Palm.Bench" gpu-check
+    echo "== vulkan benchmark"; PALM_VK_COOPMAT=1 timeout 180 "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5 --matmul-tsv "$tsv"
     echo "== cuBLAS through PyTorch, same shapes, and ours / cuBLAS"
-    PALM_MATMUL_TSV="$tsv" PYTHONUNBUFFERED=1 python3 - <<'PY'
+    PALM_MATMUL_TSV="$tsv" PYTHONUNBUFFERED=1 timeout 150 python3 - <<'PY'
 import csv, os, time, torch
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -116,6 +92,35 @@ for shape in shapes:
     o32, r32 = cell("f32", shape, f32); oh, rh = cell("half", shape, h); oc, rc = cell("coopmat", shape, h)
     print(f"| {' x '.join(map(str, shape))} | {o32} | {f32:.1f} | {r32} | {oh} | {rh} | {oc} | {rc} | {h:.1f} |")
 PY
+    echo "== vulkan training step"; timeout 180 "$pub/Palm.Bench" gpu-train --config tiny --reps 5; timeout 180 "$pub/Palm.Bench" gpu-train --config small --reps 5
+    echo "== PyTorch CUDA training step, same model (the peer's Palm and Muon on the GPU)"
+    PYTHONUNBUFFERED=1 PYTHONPATH="$pub" timeout 150 python3 - <<'PY'
+import time, torch, statistics
+import torch_palm_bench as tp
+torch.backends.cuda.matmul.allow_tf32 = False
+for name in ("tiny", "small"):
+    preset = tp.PRESETS[name]; c, batch = preset["config"], preset["batch"]
+    torch.manual_seed(0)
+    model = tp.Palm(c).cuda()
+    # The peer keeps its RoPE tables as plain tensors (not buffers): build and move them too.
+    model.rope_tables(c["block_size"]); model.cos, model.sin = model.cos.cuda(), model.sin.cuda()
+    muon, adamw = tp.make_optimizers(model)
+    params = list(model.parameters())
+    data = torch.randint(c["vocab_size"], (batch, c["block_size"] + 1), device="cuda")
+    def step():
+        _, loss, _ = model(data[:, :-1], data[:, 1:])
+        muon.zero_grad(set_to_none=True); adamw.zero_grad(set_to_none=True)
+        loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); muon.step(); adamw.step()
+    for _ in range(3): step()
+    ts = []
+    for _ in range(10):
+        torch.cuda.synchronize(); t = time.perf_counter(); step(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
+    s = statistics.median(ts)
+    print(f"| pytorch-cuda train `{name}` {batch}x{c['block_size']} | {batch * c['block_size'] / s:.0f} tokens/s | {s * 1e3:.1f} ms |")
+PY
+    echo "== engine API on the GPU: load, TTFT, decode 1 and 32 sessions, GPU vs wall ms/token"
+    timeout 180 "$pub/Palm.Bench" api --backend vulkan --no-peer --tokens 128 --sessions 32
+    echo "== per-kernel profile of one small forward"; PALM_VK_PROFILE=1 timeout 180 "$pub/Palm.Bench" gpu --sizes 256 --reps 1
   } 2>&1 | tee "$log"
   ;;
 *)

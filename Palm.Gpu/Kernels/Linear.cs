@@ -61,14 +61,19 @@ internal static class Linear
 
     // 256 invocations, 64x64 outputs: the usual shape for fp32 SGEMM without tensor cores.
     internal static readonly Tile Large = new(64, 64, 16, 4, 4);
+    // 256 invocations, 128x128 outputs (8x8 each): twice the multiply-adds per shared-memory load
+    // of Large, for products with enough blocks to fill a big GPU (M and N >= HugeFrom).
+    internal static readonly Tile Huge = new(128, 128, 16, 8, 8);
+    internal const int HugeFrom = 512;
     // Few rows (decoding, M < 32): a flat block so that most of the workgroup is not idle.
     internal static readonly Tile FewRows = new(8, 128, 16, 1, 4);
     // Devices at the guaranteed minimum of 128 invocations.
     internal static readonly Tile Small = new(32, 32, 16, 4, 4);
 
-    public static Tile ChooseTile(int m, GpuCapabilities caps, uint elementBytes = 4)
+    public static Tile ChooseTile(int m, GpuCapabilities caps, uint elementBytes = 4, int n = 0)
     {
-        var t = m < 32 ? FewRows : Large;
+        var t = m < 32 ? FewRows : m >= HugeFrom && n >= HugeFrom ? Huge : Large;
+        if (t == Huge && !(t.Threads <= caps.MaxWorkgroupInvocations && t.SharedBytesOf(elementBytes) <= caps.MaxSharedMemoryBytes)) t = Large;
         return t.Threads <= caps.MaxWorkgroupInvocations && t.SharedBytesOf(elementBytes) <= caps.MaxSharedMemoryBytes ? t : Small;
     }
 
@@ -114,7 +119,7 @@ internal static class Linear
                 RecordHalf(rec, ctx, x, w, relu2, y, tile);
             return;
         }
-        var t = tile ?? ChooseTile(m, caps);
+        var t = tile ?? ChooseTile(m, caps, n: n);
         var shader = (w.DType == GpuDType.F16 ? "linear_f16" : "linear") + (relu2 ? "_relu2" : "");
         var pipeline = ctx.Pipelines.Get(shader, 3, (uint)Marshal.SizeOf<LinearPush>(),
             t.BM, t.BN, t.BK, t.RM, t.RN, t.Threads);

@@ -131,10 +131,12 @@ internal sealed unsafe class MemoryAllocator : IDisposable
         {
             var deviceLocal = types.Where(t => Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit)).ToList();
             var largest = deviceLocal.Count > 0 ? deviceLocal.Max(t => t.HeapSize) : 0;
-            // Map device memory directly only when it is not a small BAR window (256 MiB on
-            // discrete GPUs without resizable BAR): UMA devices and full ReBAR qualify.
+            // Map device memory directly only where the CPU reads it through its caches (UMA:
+            // integrated GPUs, lavapipe) and it is not a small BAR window. A discrete GPU's
+            // resizable BAR is host-visible but uncached: on an H200 reading a 32 MB logits tensor
+            // through it took ~1 s (write-combined memory read over PCIe), so such devices stage.
             pick = forceStaging ? -1 : types.FindIndex(t =>
-                Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit | hostCoherent) && t.HeapSize >= largest);
+                Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit | hostCoherent | MemoryPropertyFlags.HostCachedBit) && t.HeapSize >= largest);
             if (pick < 0) pick = types.FindIndex(t => Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit));
             if (pick < 0) pick = 0; // no device-local type at all: take what the buffer allows
         }

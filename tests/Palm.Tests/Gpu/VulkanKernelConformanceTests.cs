@@ -133,6 +133,34 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
             $"linear coopmat emulated M={M} N={N} K={K} relu2={relu2} xHalf={xHalf} tile {tile}", Seed, N);
     }
 
+    /// <summary>
+    /// Every fp32 tile the wrappers choose, forced on shapes that cut it (the 128x128 one is picked
+    /// only from M, N >= Linear.HugeFrom, beyond the shared conformance shapes), f32 and f16 weights.
+    /// </summary>
+    [ConformanceTheory]
+    [InlineData(1, 1, 1, false)]
+    [InlineData(129, 131, 17, true)]     // one past a 128 block in M and N; K one past BK
+    [InlineData(200, 300, 40, false)]
+    [InlineData(128, 128, 16, true)]     // exactly one block, one K step
+    [InlineData(7, 260, 33, false)]
+    public void Linear_with_every_tile_matches_reference(int M, int N, int K, bool relu2)
+    {
+        var x = Uniform(M * K);
+        var w = Uniform(N * K);
+        foreach (var tile in new[] { Kernels.Linear.Huge, Kernels.Linear.Large, Kernels.Linear.FewRows, Kernels.Linear.Small })
+            foreach (var f16 in new[] { false, true })
+            {
+                var y = Poisoned(M * N);
+                using var tx = Ctx.CreateTensor(x, GpuDType.F32, M, K);
+                using var tw = Ctx.CreateTensor(w, f16 ? GpuDType.F16 : GpuDType.F32, N, K);
+                using var ty = Ctx.CreateTensor(GpuDType.F32, M, N);
+                Run(y, ty, rec => Kernels.Linear.Record(rec, Ctx, tx, tw, relu2, ty, tile));
+                var expected = f16 ? LinearF16Expected(x, w, M, N, K, relu2) : LinearExpected(x, w, M, N, K, relu2);
+                Tolerance.AssertClose(y, expected, Tolerance.ForReduction(K), Tolerance.F32Rtol,
+                    $"linear M={M} N={N} K={K} relu2={relu2} f16 weights={f16} tile {tile}", Seed, N);
+            }
+    }
+
     protected override double[] LinearQuantizedExpected(float[] x, QuantizedTensor w, int M, int N, int K, bool relu2)
     {
         var y = new float[M * N];

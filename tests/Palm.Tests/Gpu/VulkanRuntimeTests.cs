@@ -200,7 +200,7 @@ public sealed class VulkanRuntimeTests : IDisposable
     static void CreateKernelPipelines(VulkanContext ctx)
     {
         foreach (var shader in new[] { "linear", "linear_relu2" })
-            foreach (var t in new[] { Linear.Large, Linear.FewRows, Linear.Small })
+            foreach (var t in new[] { Linear.Large, Linear.Huge, Linear.FewRows, Linear.Small })
                 ctx.Pipelines.Get(shader, 3, (uint)Marshal.SizeOf<Linear.LinearPush>(), t.BM, t.BN, t.BK, t.RM, t.RN, t.Threads);
         foreach (var wg in new uint[] { 32, 64, 128, 256 })
             ctx.Pipelines.Get("rmsnorm", 2, (uint)Marshal.SizeOf<RmsNorm.RmsNormPush>(), wg);

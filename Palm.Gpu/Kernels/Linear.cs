@@ -64,7 +64,7 @@ internal static class Linear
     // 256 invocations, 128x128 outputs (8x8 each): twice the multiply-adds per shared-memory load
     // of Large, for products with enough blocks to fill a big GPU (M and N >= HugeFrom).
     internal static readonly Tile Huge = new(128, 128, 16, 8, 8);
-    internal const int HugeFrom = 512;
+    internal const int HugeFrom = 2048;
     // Few rows (decoding, M < 32): a flat block so that most of the workgroup is not idle.
     internal static readonly Tile FewRows = new(8, 128, 16, 1, 4);
     // Devices at the guaranteed minimum of 128 invocations.

@@ -21,6 +21,8 @@ internal sealed unsafe class MemoryBlock
     public required ulong Size { get; init; }
     /// <summary>Host pointer to the block's start when it is mapped (host-visible + coherent), else null.</summary>
     public required byte* Mapped { get; init; }
+    /// <summary>Whether the CPU reads the mapping through its caches (UMA); false for a discrete GPU's BAR.</summary>
+    public bool Cached { get; init; }
     public required FreeList Free { get; init; }
 }
 
@@ -85,7 +87,9 @@ internal sealed unsafe class MemoryAllocator : IDisposable
         };
         vk.CreateBuffer(ctx.Device, &info, null, out var buffer).Check("vkCreateBuffer");
         vk.GetBufferMemoryRequirements(ctx.Device, buffer, out var req);
-        var type = ChooseType(ctx.MemoryProperties, req.MemoryTypeBits, kind, ctx.Options.ForceStaging, out var mapped);
+        var type = ChooseType(ctx.MemoryProperties, req.MemoryTypeBits, kind, ctx.Options.ForceStaging, out var mapped, out var cached);
+        // Tests take the uncached (discrete-GPU BAR) read path on a UMA device.
+        if (ctx.Options.UncachedMapping && kind == MemoryKind.Device) cached = false;
         var alloc = new MemoryAllocateInfo
         {
             SType = StructureType.MemoryAllocateInfo,
@@ -101,14 +105,14 @@ internal sealed unsafe class MemoryAllocator : IDisposable
         vk.BindBufferMemory(ctx.Device, buffer, memory, 0).Check("vkBindBufferMemory");
         void* ptr = null;
         if (mapped) vk.MapMemory(ctx.Device, memory, 0, Vk.WholeSize, 0, &ptr).Check("vkMapMemory");
-        return new MemoryBlock { Buffer = buffer, Memory = memory, Size = size, Mapped = (byte*)ptr, Free = new FreeList(size) };
+        return new MemoryBlock { Buffer = buffer, Memory = memory, Size = size, Mapped = (byte*)ptr, Cached = cached, Free = new FreeList(size) };
     }
 
     /// <summary>
     /// The memory type index for <paramref name="kind"/> among <paramref name="allowedTypes"/>;
     /// <paramref name="mapped"/> says whether it is host-visible and coherent (used by direct mapping).
     /// </summary>
-    public static uint ChooseType(PhysicalDeviceMemoryProperties props, uint allowedTypes, MemoryKind kind, bool forceStaging, out bool mapped)
+    public static uint ChooseType(PhysicalDeviceMemoryProperties props, uint allowedTypes, MemoryKind kind, bool forceStaging, out bool mapped, out bool cached)
     {
         const MemoryPropertyFlags hostCoherent = MemoryPropertyFlags.HostVisibleBit | MemoryPropertyFlags.HostCoherentBit;
         var types = new List<(uint Index, MemoryPropertyFlags Flags, ulong HeapSize)>();
@@ -131,17 +135,17 @@ internal sealed unsafe class MemoryAllocator : IDisposable
         {
             var deviceLocal = types.Where(t => Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit)).ToList();
             var largest = deviceLocal.Count > 0 ? deviceLocal.Max(t => t.HeapSize) : 0;
-            // Map device memory directly only where the CPU reads it through its caches (UMA:
-            // integrated GPUs, lavapipe) and it is not a small BAR window. A discrete GPU's
-            // resizable BAR is host-visible but uncached: on an H200 reading a 32 MB logits tensor
-            // through it took ~1 s (write-combined memory read over PCIe), so such devices stage.
+            // Map device memory directly only when it is not a small BAR window (256 MiB on
+            // discrete GPUs without resizable BAR): UMA devices and full ReBAR qualify. A ReBAR
+            // mapping is uncached, which Transfers.Read allows for small reads only.
             pick = forceStaging ? -1 : types.FindIndex(t =>
-                Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit | hostCoherent | MemoryPropertyFlags.HostCachedBit) && t.HeapSize >= largest);
+                Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit | hostCoherent) && t.HeapSize >= largest);
             if (pick < 0) pick = types.FindIndex(t => Has(t.Flags, MemoryPropertyFlags.DeviceLocalBit));
             if (pick < 0) pick = 0; // no device-local type at all: take what the buffer allows
         }
         if (pick < 0 || types.Count == 0) throw new GpuUnavailableException($"no suitable memory type for {kind}");
         mapped = Has(types[pick].Flags, hostCoherent) && (kind == MemoryKind.Staging || !forceStaging);
+        cached = mapped && Has(types[pick].Flags, MemoryPropertyFlags.HostCachedBit);
         return types[pick].Index;
     }
 

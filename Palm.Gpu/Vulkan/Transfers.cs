@@ -10,6 +10,8 @@ namespace Palm.Gpu.Vulkan;
 internal sealed unsafe class Transfers : IDisposable
 {
     const ulong StagingBytes = 16UL << 20;
+    /// <summary>The largest read served straight from an uncached mapping (per-token ids, a session's state row).</summary>
+    internal const int UncachedReadBytes = 16 << 10;
 
     readonly VulkanContext ctx;
     readonly CommandPool pool;
@@ -77,7 +79,10 @@ internal sealed unsafe class Transfers : IDisposable
     {
         if (byteOffset + (ulong)dst.Length > src.Size) throw new ArgumentException("destination runs past the end of the allocation");
         BytesRead += dst.Length;
-        if (src.Block.Mapped != null)
+        // Uncached mappings (a discrete GPU's resizable BAR) are read by the CPU at tens of MB/s:
+        // measured on an H200, a 32 MB logits download took ~1 s. Above a few pages the copy
+        // engine and a cached staging buffer win despite their submission and fence wait.
+        if (src.Block.Mapped != null && (src.Block.Cached || dst.Length <= UncachedReadBytes))
         {
             // Recordings end with a shader-write -> host-read barrier and a fence wait.
             new ReadOnlySpan<byte>(src.Block.Mapped + src.Offset + byteOffset, dst.Length).CopyTo(dst);

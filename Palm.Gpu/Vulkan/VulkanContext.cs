@@ -262,7 +262,7 @@ internal sealed unsafe class VulkanContext : IDisposable
 
         var ops = subgroup.SupportedOperations;
         var computeStage = (subgroup.SupportedStages & ShaderStageFlags.ComputeBit) != 0;
-        MemoryAllocator.ChooseType(mem, uint.MaxValue, MemoryKind.Device, forceStaging, out var mapped);
+        MemoryAllocator.ChooseType(mem, uint.MaxValue, MemoryKind.Device, forceStaging, out var mapped, out _);
         return new GpuCapabilities
         {
             DeviceName = Marshal.PtrToStringUTF8((nint)props.DeviceName) ?? "?",

@@ -21,6 +21,9 @@ internal sealed record VulkanOptions
     /// <summary>Use staging copies even when device memory is host-visible (tests the discrete-GPU path).</summary>
     public bool ForceStaging { get; init; }
 
+    /// <summary>Tests: treat mapped device memory as uncached (a discrete GPU's BAR), so large reads stage.</summary>
+    internal bool UncachedMapping { get; init; }
+
     /// <summary>
     /// Where non-greedy rows are sampled: true = on the host from their downloaded logits, false =
     /// on the GPU (only ids come back), null = on the host only when the device is the CPU itself

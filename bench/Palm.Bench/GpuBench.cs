@@ -123,6 +123,30 @@ public static class GpuBench
             rows.Add(string.Join('\t', m, n, k, kernel.ToString().ToLowerInvariant(), gflops.ToString("F2", CultureInfo.InvariantCulture),
                 (med * 1000).ToString("F4", CultureInfo.InvariantCulture), err.ToString("G3", CultureInfo.InvariantCulture)));
         }
+        // PALM_BENCH_TILES=BMxBNxBKxRMxRN,...: also time the fp32 kernel with these tiles (tuning on a GPU).
+        if (Environment.GetEnvironmentVariable("PALM_BENCH_TILES") is { Length: > 0 } spec && m >= 512)
+        {
+            using var tx = ctx.CreateTensor(x, GpuDType.F32, m, k);
+            using var tw = ctx.CreateTensor(w, GpuDType.F32, n, k);
+            using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
+            using var rec = new CommandRecorder(ctx);
+            foreach (var t in spec.Split(','))
+            {
+                var d = t.Split('x').Select(uint.Parse).ToArray();
+                var tile = new Linear.Tile(d[0], d[1], d[2], d[3], d[4]);
+                if (tile.Threads > caps.MaxWorkgroupInvocations || tile.SharedBytesOf(4) > caps.MaxSharedMemoryBytes) { Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | too big for this device | | |"); continue; }
+                int perSubmit = (int)Math.Clamp(2e9 / (2.0 * m * n * k), 1, 200);
+                void Once() { for (int i = 0; i < perSubmit; i++) Linear.Record(rec, ctx, tx, tw, false, ty, tile); rec.Submit(); }
+                Once();
+                var times = new List<double>();
+                for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); Once(); times.Add(sw.Elapsed.TotalSeconds / perSubmit); }
+                times.Sort();
+                var y = new float[m * n];
+                ty.Download(y);
+                double err = SampledError(MatMulKernel.F32, x, w, y, m, n, k);
+                Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | {2.0 * m * n * k / times[times.Count / 2] / 1e9:F2} | {times[times.Count / 2] * 1000:F3} | {err:G2} |");
+            }
+        }
         return rows;
     }
 

@@ -176,6 +176,29 @@ public sealed class VulkanRuntimeTests : IDisposable
     }
 
     [VulkanFact]
+    public void Large_reads_from_an_uncached_mapping_go_through_staging()
+    {
+        // A discrete GPU's resizable BAR is mapped but uncached; UncachedMapping makes lavapipe's
+        // cached memory take that path: small reads stay direct, large ones use the copy engine.
+        WithContext(VulkanFixture.Options("uncached") with { UncachedMapping = true }, ctx =>
+        {
+            Assert.True(ctx.Capabilities.DeviceLocalIsHostVisible);
+            var rng = new Random(seed);
+            var small = Uniform(rng, Transfers.UncachedReadBytes / 4);
+            using var ts = ctx.CreateTensor(small, GpuDType.F32, small.Length);
+            int before = ctx.Transfers.StagedCopies;
+            Assert.Equal(small, ts.ToArray());
+            Assert.Equal(before, ctx.Transfers.StagedCopies);   // written and read through the mapping
+
+            var big = Uniform(rng, 5 << 20); // 20 MiB: more than one 16 MiB staging chunk
+            using var tb = ctx.CreateTensor(big, GpuDType.F32, big.Length);
+            Assert.Equal(before, ctx.Transfers.StagedCopies);   // writes stay direct (write-combined is fast)
+            Assert.Equal(big, tb.ToArray());
+            Assert.Equal(before + 2, ctx.Transfers.StagedCopies);
+        });
+    }
+
+    [VulkanFact]
     public void Tensors_are_sub_allocated_from_shared_blocks()
     {
         WithContext(VulkanFixture.Options("blocks") with { BlockBytes = 1 << 20 }, ctx =>

@@ -43,9 +43,10 @@ internal sealed record VulkanOptions
 
     /// <summary>
     /// Enable VK_NV_cooperative_matrix at device creation where it is usable (PALM_VK_COOPMAT=1;
-    /// implied by <see cref="HalfArithmetic"/>). Off by default because that device-creation path
-    /// and linear_coopmat have not yet run on any GPU: a default device is created exactly as it
-    /// was before the kernel existed. scripts/gpu-check.sh turns it on to test both.
+    /// implied by <see cref="HalfArithmetic"/>). Off by default: only the half-arithmetic linears
+    /// (themselves off by default) use it, and it has run on one GPU so far (an H200, where
+    /// linear_coopmat passed its conformance checks at 5 % of cuBLAS fp16). scripts/gpu-check.sh and
+    /// the GPU tests turn it on.
     /// </summary>
     public bool CooperativeMatrix { get; init; }
 

@@ -27,7 +27,9 @@ prepare)
   # The PyTorch peer travels in the (ignored) publish folder: the device machine lacks ../shared.
   cp ../shared/bench/torch_palm_bench.py "$pub/"
   if [[ -n "${PALM_GOLDEN_DIR:-}" ]]; then cp "$PALM_GOLDEN_DIR"/*.msgpack "$pub/golden/"; fi
-  grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >> .git/info/exclude
+  # --git-path: in a worktree .git is a file, and the exclude file lives in the main repository.
+  exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"
+  grep -qx '/.gl/' "$exclude" 2>/dev/null || echo /.gl/ >> "$exclude"
   mkdir -p .gl /tmp/amd64/partial
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
   apt-get $o update -qq

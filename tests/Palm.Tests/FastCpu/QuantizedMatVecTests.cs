@@ -29,6 +29,8 @@ public sealed class QuantizedMatVecTests
         ("q4", 31, 48, 16), ("q4", 3, 96, 32), ("q4", 11, 35, 7), ("q4", 6, 130, 26), ("q4", 13, 75, 25),
         ("q4", 2, 512, 32), ("q4", 5, 49, 49), ("q4", 7, 33, 33), ("q4", 5, 99, 33), ("q4", 3, 65, 65),
         ("q4", 4, 34, 17), ("q4", 64, 32, 32),
+        // Whole groups of multiples of 32 (the split-nibble kernel), row counts past 4-row passes.
+        ("q4", 37, 128, 32), ("q4", 9, 64, 64), ("q4", 6, 192, 96),
     ];
 
     private static QuantizedTensor Random(Random rng, string dtype, int n, int k, int g)

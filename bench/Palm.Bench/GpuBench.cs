@@ -94,18 +94,7 @@ public static class GpuBench
                     default: Linear.RecordCoopMat(rec, ctx, tx, tw, false, ty, coopTile); break;
                 }
             }
-            // Enough dispatches per submission that submit + wait overhead is amortised.
-            int perSubmit = (int)Math.Clamp(2e9 / (2.0 * m * n * k), 1, 200);
-            void Once()
-            {
-                for (int i = 0; i < perSubmit; i++) Record();
-                rec.Submit();
-            }
-            Once();
-            var times = new List<double>();
-            for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); Once(); times.Add(sw.Elapsed.TotalSeconds / perSubmit); }
-            times.Sort();
-            double med = times[times.Count / 2];
+            double med = MedianSecondsPerMatmul(rec, Record, m, n, k, reps);
             var y = new float[m * n];
             ty.Download(y);
             double err = SampledError(kernel, x, w, y, m, n, k);
@@ -135,19 +124,33 @@ public static class GpuBench
                 var d = t.Split('x').Select(uint.Parse).ToArray();
                 var tile = new Linear.Tile(d[0], d[1], d[2], d[3], d[4]);
                 if (tile.Threads > caps.MaxWorkgroupInvocations || tile.SharedBytesOf(4) > caps.MaxSharedMemoryBytes) { Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | too big for this device | | |"); continue; }
-                int perSubmit = (int)Math.Clamp(2e9 / (2.0 * m * n * k), 1, 200);
-                void Once() { for (int i = 0; i < perSubmit; i++) Linear.Record(rec, ctx, tx, tw, false, ty, tile); rec.Submit(); }
-                Once();
-                var times = new List<double>();
-                for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); Once(); times.Add(sw.Elapsed.TotalSeconds / perSubmit); }
-                times.Sort();
+                double med = MedianSecondsPerMatmul(rec, () => Linear.Record(rec, ctx, tx, tw, false, ty, tile), m, n, k, reps);
                 var y = new float[m * n];
                 ty.Download(y);
                 double err = SampledError(MatMulKernel.F32, x, w, y, m, n, k);
-                Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | {2.0 * m * n * k / times[times.Count / 2] / 1e9:F2} | {times[times.Count / 2] * 1000:F3} | {err:G2} |");
+                Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} | {err:G2} |");
             }
         }
         return rows;
+    }
+
+    /// <summary>
+    /// Median seconds per matmul: <paramref name="record"/> is recorded enough times per submission
+    /// that submit + wait overhead is amortised, after one untimed submission.
+    /// </summary>
+    private static double MedianSecondsPerMatmul(CommandRecorder rec, Action record, int m, int n, int k, int reps)
+    {
+        int perSubmit = (int)Math.Clamp(2e9 / (2.0 * m * n * k), 1, 200);
+        void Once()
+        {
+            for (int i = 0; i < perSubmit; i++) record();
+            rec.Submit();
+        }
+        Once();
+        var times = new List<double>();
+        for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); Once(); times.Add(sw.Elapsed.TotalSeconds / perSubmit); }
+        times.Sort();
+        return times[times.Count / 2];
     }
 
     /// <summary>

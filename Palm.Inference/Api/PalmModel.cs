@@ -72,7 +72,7 @@ public sealed class PalmModel : IDisposable
         return Create(ModelWeights.From(ckpt), tokenizer, options);
     }
 
-    /// <summary>Wraps weights already in memory (tests, tools). The weights are not copied and must not change afterwards.</summary>
+    /// <summary>Wraps weights already in memory (tests, tools). They must not change while the model lives (the CPU backend reads an aligned copy of float32 weights; Vulkan uploads them).</summary>
     internal static PalmModel Create(PalmParameters parameters, BpeTokenizer tokenizer, ModelOptions? options = null) =>
         Create(ModelWeights.From(parameters), tokenizer, options);
 

@@ -10,18 +10,31 @@ using Palm.Inference.Sampling;
 
 namespace Palm.Inference.Backends;
 
-internal sealed class CpuBackend(CpuWeights weights, string? reason = null) : IInferenceBackend
+internal sealed class CpuBackend : IInferenceBackend
 {
-    private readonly FastCpuModel _model = new(weights);
-    private readonly FastCpuDecoder _decoder = new(weights);
+    private readonly FastCpuModel _model;
+    private readonly FastCpuDecoder _decoder;
 
-    /// <summary>Float32 weights (shared, not copied).</summary>
+    /// <param name="weights">Float32 matrices are copied to 64-byte boundaries (CpuWeights.Aligned:
+    /// decode streams them ~30% faster); q8/q4 ones are shared. The caller may drop its copy.</param>
+    /// <param name="reason">Why this backend was chosen, appended to the description.</param>
+    public CpuBackend(CpuWeights weights, string? reason = null)
+    {
+        weights = weights.Aligned();
+        _model = new FastCpuModel(weights);
+        _decoder = new FastCpuDecoder(weights);
+        Config = weights.Config;
+        WeightBytes = weights.Bytes;
+        Description = $"cpu (fast path, {weights.StorageText})" + (reason is null ? "" : $"; {reason}");
+    }
+
+    /// <summary>Float32 weights (copied aligned, as above).</summary>
     public CpuBackend(PalmParameters parameters, string? reason = null) : this(CpuWeights.From(parameters), reason) { }
 
     public BackendKind Kind => BackendKind.Cpu;
-    public string Description { get; } = $"cpu (fast path, {weights.StorageText})" + (reason is null ? "" : $"; {reason}");
-    public PalmConfig Config => weights.Config;
-    public long WeightBytes { get; } = weights.Bytes;
+    public string Description { get; }
+    public PalmConfig Config { get; }
+    public long WeightBytes { get; }
 
     public SequenceState CreateState() => new(Config);
 

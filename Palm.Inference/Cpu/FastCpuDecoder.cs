@@ -51,10 +51,11 @@ internal sealed class FastCpuDecoder : IDisposable
     private long _teamSteps;
     private readonly TeamPolicy _policy = new();
 
-    /// <param name="parameters">The weights (read, never written).</param>
+    /// <param name="parameters">The weights, copied to 64-byte boundaries (CpuWeights.Aligned): later
+    /// changes to them are not seen.</param>
     /// <param name="threads">1 keeps every step on the caller's thread; 2 lets batch-1 steps use a
     /// second core when the machine has one. Null: 2 unless <c>PALM_CPU_DECODE_THREADS=1</c>.</param>
-    public FastCpuDecoder(PalmParameters parameters, int? threads = null) : this(CpuWeights.From(parameters), threads) { }
+    public FastCpuDecoder(PalmParameters parameters, int? threads = null) : this(CpuWeights.From(parameters).Aligned(), threads) { }
 
     /// <param name="weights">The weights, each matrix float32 or q8/q4 (read, never written).</param>
     /// <param name="threads">As for the <see cref="PalmParameters"/> overload.</param>

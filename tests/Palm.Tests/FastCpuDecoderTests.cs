@@ -147,6 +147,45 @@ public class FastCpuDecoderTwoCoreTests
     }
 
     [Fact]
+    public void AlignedWeightsHoldTheSameValuesOnCacheLinesAndDecodeBitIdentically()
+    {
+        ulong seed = TestSeed.Next();
+        var c = SmallShaped();
+        var p = ReferenceModelTests.RandomParams(c, new Rng(seed));
+        var shared = CpuWeights.From(p);
+        var aligned = shared.Aligned();
+        Assert.Same(aligned, aligned.Aligned());
+        for (int i = 0; i < shared.All.Count; i++)
+        {
+            var m = aligned.All[i];
+            Assert.True(m.IsAligned64, $"{m.Name} is not on a 64-byte boundary");
+            Assert.True(shared.All[i].Float32Span.SequenceEqual(m.Float32Span), $"{m.Name}: the aligned copy differs");
+            // A copy, not a view: the decoder must not depend on the caller's arrays.
+            Assert.False(System.Runtime.CompilerServices.Unsafe.AreSame(
+                ref System.Runtime.InteropServices.MemoryMarshal.GetReference(shared.All[i].Float32Span),
+                ref System.Runtime.InteropServices.MemoryMarshal.GetReference(m.Float32Span)));
+        }
+        // Same kernels, same order: alignment changes where loads land, never a bit of the result.
+        using var a = new FastCpuDecoder(aligned, threads: 1);
+        using var u = new FastCpuDecoder(shared, threads: 1);
+        int V = c.VocabSize;
+        var sa = new AodStateSet(c, 1);
+        var su = new AodStateSet(c, 1);
+        var la = new float[V];
+        var lu = new float[V];
+        var rng = new Rng(seed + 1);
+        for (int t = 0; t < 8; t++)
+        {
+            var tok = new[] { rng.NextInt(V) };
+            a.Step(tok, sa, la);
+            u.Step(tok, su, lu);
+            for (int i = 0; i < V; i++)
+                Assert.True(BitConverter.SingleToInt32Bits(la[i]) == BitConverter.SingleToInt32Bits(lu[i]),
+                    $"seed {seed} t={t}: logit {i} is {la[i]:R} aligned, {lu[i]:R} shared");
+        }
+    }
+
+    [Fact]
     public void ConcurrentBatchOneCallersShareTheTeamSafely()
     {
         // Several threads stepping their own sequences through one decoder: one of them gets the

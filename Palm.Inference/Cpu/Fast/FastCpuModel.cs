@@ -160,8 +160,8 @@ internal sealed unsafe class FastCpuModel
     {
         var E = Weights.Embed;
         int w = E.Cols, C = Config.NEmbd;
-        if (E.Float32 is { } table)
-            for (int i = 0; i < rows; i++) Array.Copy(table, tp.Tokens[i] * w, tp.E, i * w, w);
+        if (E.IsFloat32)
+            for (int i = 0; i < rows; i++) E.Float32Span.Slice(tp.Tokens[i] * w, w).CopyTo(tp.E.AsSpan(i * w, w));
         else
             // A quantized table: each row decoded exactly (level · scale) where it is needed.
             for (int i = 0; i < rows; i++) E.Row(tp.Tokens[i], tp.E.AsSpan(i * w, w));

@@ -234,7 +234,8 @@ internal sealed unsafe class FastCpuModel
         bool mean = c.Mix == AodMix.Mean;
         var qkv = at.QkvOut;
         if (!FastAodKernels.Vectorised(hd)) { AodScalar(at, batch, t, cos, sin, state, app); return; }
-        Parallel.For(0, batch * H, job =>
+        // Short prompts stay on this thread (see AodSerialBelow).
+        For(batch * H, (long)batch * t * D, job =>
         {
             int b = job / H, hh = job % H, o = hh * hd;
             double* sRun = stackalloc double[hd];
@@ -333,6 +334,16 @@ internal sealed unsafe class FastCpuModel
                 if (mean) for (int j = 0; j < hd; j++) state.Z![app][b * D + o + j] = (float)zRun[j];
             }
         });
+    }
+
+    // Channel-steps of AoD below which the (sequence, head) jobs run on the calling thread: with a
+    // few tokens each job is a few microseconds, less than handing it to the pool (Gemm.SerialBelow).
+    private const long AodSerialBelow = 1L << 16;
+
+    private static void For(int n, long work, Action<int> body)
+    {
+        if (work < AodSerialBelow) { for (int i = 0; i < n; i++) body(i); return; }
+        Parallel.For(0, n, body);
     }
 
     /// <summary>Runs body(r0, r1) over row chunks, in parallel when there is enough work.</summary>

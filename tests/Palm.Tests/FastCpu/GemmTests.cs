@@ -45,9 +45,9 @@ public class GemmTests
         var isa = Enum.Parse<GemmIsa>(isaName);
         ulong seed = TestSeed.Next();
         var rng = new Random((int)(seed & 0x7fffffff));
-        // Big enough to take the parallel path with several row jobs and panel groups.
+        // Big enough to take the parallel path (>= Gemm.SerialBelow, 4 M multiply-adds) with several row jobs and panel groups.
         Check(isa, rng, seed, 301, 515, 129, 0, false, true);
-        Check(isa, rng, seed, 33, 1000, 70, 1, true, true);
+        Check(isa, rng, seed, 33, 2000, 70, 1, true, true);
         Check(isa, rng, seed, 64, 300, 1100, 2, false, true);
     }
 

@@ -31,6 +31,9 @@ public sealed class QuantizedMatVecTests
         ("q4", 4, 34, 17), ("q4", 64, 32, 32),
         // Whole groups of multiples of 32 (the split-nibble kernel), row counts past 4-row passes.
         ("q4", 37, 128, 32), ("q4", 9, 64, 64), ("q4", 6, 192, 96),
+        // q8 sixteen-row passes: 64-column rows in one group (the rank-64 kernel, scales one vector
+        // load), 64-column slices of two-group rows (its gathered scales), and the general kernel.
+        ("q8", 37, 64, 64), ("q8", 35, 128, 64), ("q8", 20, 96, 96),
     ];
 
     private static QuantizedTensor Random(Random rng, string dtype, int n, int k, int g)

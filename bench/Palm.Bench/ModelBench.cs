@@ -4,6 +4,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using System.Runtime.Intrinsics;
 using Palm.Inference.Cpu;
 using Palm.Inference.Cpu.Fast;
 using Palm.Inference.Checkpoint;
@@ -149,8 +150,14 @@ public static class ModelBench
         sw.Restart();
         for (int i = 0; i < 3; i++) big.AsSpan().CopyTo(dst);
         double bw = 3 * 2.0 * big.Length / sw.Elapsed.TotalSeconds / 1e9;   // read + write
+        // What the weights' streaming really meets: reading a buffer of their size from cache (L3
+        // here: too big for L2), with 64-byte loads from a 64-byte boundary as the decoder's, on one
+        // core and on both at once (the two-core decoder's case: both stream from the same cache).
+        long weightBytes = 4L * p.All.Where(t => t.Name != p.Embed.Name).Sum(t => (long)t.Length);
+        double one = StreamReadGBs(weightBytes, 1), two = StreamReadGBs(weightBytes, 2);
         Console.WriteLine($"  decode roofline: {macs / 1e6:F2} M multiply-adds/token -> {gflops:F1} GFLOP/s achieved vs {peak:F1} GFLOP/s GEMM 1024^3 here ({100 * gflops / peak:F0}%);");
         Console.WriteLine($"                   {bytes / 1e6:F2} MB of weights/token -> {bytes * tokensPerSecond / 1e9:F1} GB/s vs {bw:F1} GB/s memcpy (read+write) here; the weights ({4.0 * p.Count / 1e6:F1} MB) mostly stay in cache");
+        Console.WriteLine($"                   reading {weightBytes / 1e6:F1} MB from cache: {one:F1} GB/s on one core, {two:F1} GB/s per core on both at once -> at best {1e6 * bytes / (one * 1e9):F1} us/token on one core, {1e6 * bytes / (2 * two * 1e9):F1} on two (weights only)");
         // The same products with their weights hot in L1/L2 (each repeated): the token's time
         // if nothing but the matrix-vector arithmetic counted. The gap to the measured token time
         // is cache traffic (weights streamed from L3 each token) plus the element-wise glue.
@@ -160,13 +167,56 @@ public static class ModelBench
             int uses = w.IsMuon ? c.NRecur : 1;
             var x = new float[w.Cols]; var yv = new float[w.Rows];
             x.AsSpan().Fill(0.01f);
-            for (int i = 0; i < 20; i++) FloatMatVec.MatVec(w.Data, w.Rows, w.Cols, x, yv);
+            var m = CpuMatrix.From(w).Aligned();   // as the decoder reads them
+            for (int i = 0; i < 20; i++) m.MatVec(x, yv);
             int reps = Math.Max(20, (int)(2e8 / Math.Max(1, (long)w.Rows * w.Cols)));
             sw.Restart();
-            for (int i = 0; i < reps; i++) FloatMatVec.MatVec(w.Data, w.Rows, w.Cols, x, yv);
+            for (int i = 0; i < reps; i++) m.MatVec(x, yv);
             hotSeconds += uses * sw.Elapsed.TotalSeconds / reps;
         }
         Console.WriteLine($"                   the same matrix-vector products with hot weights: {hotSeconds * 1e6:F1} us/token ({2.0 * macs / hotSeconds / 1e9:F1} GFLOP/s, one core) vs {1e6 / tokensPerSecond:F1} us/token measured");
+    }
+
+    /// <summary>GB/s per thread reading (summing) one aligned buffer of <paramref name="bytes"/> over and over, on <paramref name="threads"/> threads at once (all the same buffer, as the two-core decoder's threads share the weights).</summary>
+    private static unsafe double StreamReadGBs(long bytes, int threads)
+    {
+        long n = Math.Max(64, bytes / 4 / 64 * 64);
+        var rates = new double[threads];
+        var pb = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(n * 4), 64);
+        new Span<float>(pb, (int)n).Fill(1f);
+        nint buf = (nint)pb;
+        try
+        {
+            var go = new Barrier(threads);
+            var ts = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+            {
+                float* a = (float*)buf;
+                go.SignalAndWait();
+                float sink = 0;
+                var best = double.MaxValue;
+                for (int rep = 0; rep < 5; rep++)
+                {
+                    var sw = Stopwatch.StartNew();
+                    int passes = (int)Math.Max(4, 4e8 / (n * 4));
+                    for (int pass = 0; pass < passes; pass++)
+                    {
+                        Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                        for (long i = 0; i < n; i += 64)
+                        {
+                            s0 += Vector512.LoadAligned(a + i); s1 += Vector512.LoadAligned(a + i + 16);
+                            s2 += Vector512.LoadAligned(a + i + 32); s3 += Vector512.LoadAligned(a + i + 48);
+                        }
+                        sink += Vector512.Sum(s0 + s1 + s2 + s3);
+                    }
+                    best = Math.Min(best, sw.Elapsed.TotalSeconds / passes);
+                }
+                rates[t] = n * 4 / best / 1e9 + (sink == -1 ? 1 : 0);
+            })).ToArray();
+            foreach (var th in ts) th.Start();
+            foreach (var th in ts) th.Join();
+            return rates.Average();
+        }
+        finally { System.Runtime.InteropServices.NativeMemory.AlignedFree(pb); }
     }
 
     /// <summary>

@@ -203,13 +203,17 @@ internal static class Sample
         }
         var k = row.topK > 0 ? Math.Min(row.topK, V) : V;
         double max = l[order[0]];
-        var probs = new double[k];
+        // Weights exp((l - max) / T) in double (TensorPrimitives' exp, as TokenSampler), and the
+        // top-k set's mass summed in id order (TokenSampler does not sort the row).
+        var w = new double[V];
+        for (var i = 0; i < V; i++) w[i] = (l[i] - max) / row.temperature;
+        System.Numerics.Tensors.TensorPrimitives.Exp(w, w);
+        var inTopK = new bool[V];
+        for (var i = 0; i < k; i++) inTopK[order[i]] = true;
         double sum = 0;
-        for (var i = 0; i < k; i++)
-        {
-            probs[i] = Math.Exp((l[order[i]] - max) / row.temperature);
-            sum += probs[i];
-        }
+        for (var i = 0; i < V; i++) if (inTopK[i]) sum += w[i];
+        var probs = new double[k];
+        for (var i = 0; i < k; i++) probs[i] = w[order[i]];
         var keep = k;
         if (row.topP < 1f)
         {
@@ -231,8 +235,11 @@ internal static class Sample
             while (m < keep && probs[m] >= row.minP * probs[0]) m++;
             keep = m;
         }
+        // The kept mass: the top-k set's sum (id order) when no filter cut it, else the kept
+        // tokens' sum in the order (TokenSampler then needs no more of the order than the draw).
         double total = 0;
-        for (var i = 0; i < keep; i++) total += probs[i];
+        if (keep < k) for (var i = 0; i < keep; i++) total += probs[i];
+        else total = sum;
         var point = row.draw * total;
         var r = point;
         var chosen = keep - 1;

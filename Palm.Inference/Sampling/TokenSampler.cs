@@ -4,7 +4,13 @@
 // The Vulkan backend runs the same chain on the GPU (shaders/sample.comp, whose CPU reference
 // Palm.Gpu.Kernels.Sample.Reference must pick what this picks): so every definition here is one
 // a kernel can reproduce without a sort, and the order of tokens is total (logit descending,
-// ties by ascending id).
+// ties by ascending id). The host does not sort the row either: weights come from one vectorised
+// exp, the top-k set's mass is summed in id order, the kept mass is that sum unless top-p or min-p
+// cut it, and only the tokens above a threshold (a prefix of the order) are sorted, the threshold
+// lowered when a walk runs past them. Measured (N(0, 3²) logits, T 0.8, steady state, dev VM):
+// V 2,048 top-p 0.9 99 -> 21 us a token, V 4,096 219 -> 43, V 4,096 top-k 40 239 -> 49,
+// V 4,096 without top-p 220 -> 42, V 65,536 4.5 -> 1.0-1.7 ms (a full sort each token before).
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
 
@@ -86,36 +92,91 @@ internal sealed class TokenSampler(int vocabSize)
 
         if (s.Temperature <= 0) return Sampler.ArgMax(l);
 
-        // Sort by logit descending, ties by ascending id: one 64-bit key per token, (complemented
-        // order key of the logit, id), so the order is total and a kernel can find it without sorting.
-        for (int i = 0; i < V; i++) _keys[i] = (ulong)~OrderKey(l[i]) << 32 | (uint)i;
-        Array.Sort(_keys);
-        for (int i = 0; i < V; i++) _order[i] = (int)(uint)_keys[i];
+        // Every token's weight exp((l - max) / T) in double, by one vectorised exp over the row.
+        double max = TensorPrimitives.Max(l), T = s.Temperature;
+        var e = _probs.AsSpan();
+        for (int i = 0; i < V; i++) e[i] = (l[i] - max) / T;
+        TensorPrimitives.Exp(e, e);
         int k = s.TopK > 0 ? Math.Min(s.TopK, V) : V;
-        double max = l[_order[0]], sum = 0;
-        for (int i = 0; i < k; i++) { _probs[i] = Math.Exp((l[_order[i]] - max) / s.Temperature); sum += _probs[i]; }
-        int keep = k;
-        if (s.TopP < 1f)
+
+        // The filters and the draw only ever walk a prefix of the order (logit descending, ties by
+        // ascending id), nearly always a short one: so instead of sorting the row, gather the
+        // tokens whose logit is at least a threshold (always a prefix of the order), sort those,
+        // and lower the threshold only when the prefix runs out before the walk ends.
+        double sum = 0;
+        bool haveSum = false;
+        for (int level = 0; ; level++)
         {
-            double cum = 0;
-            for (int i = 0; i < k; i++)
+            bool all = level >= s_levels.Length;
+            int n = Gather(l, all ? float.NegativeInfinity : (float)(max + T * s_levels[level]), all);
+            bool complete = all || n == V;
+            if (k < V && n < k && !complete) continue;        // the top-k set is not in hand yet
+            int kk = Math.Min(k, n);
+            if (!haveSum)
             {
-                cum += _probs[i] / sum;
-                if (cum >= s.TopP) { keep = i + 1; break; }
+                // The top-k set's mass, summed in id order (a kernel's order too, needing no sort).
+                if (k == V) for (int i = 0; i < V; i++) sum += e[i];
+                else
+                {
+                    ulong kth = _keys[k - 1];
+                    for (int i = 0; i < V; i++) if (Key(l[i], i) >= kth) sum += e[i];
+                }
+                haveSum = true;
             }
+            // The filters cut the kept set short of the top-k set (keep < k), or it is the whole
+            // top-k set, which may go on past the gathered prefix.
+            int keep = kk;
+            bool cut = false;
+            if (s.TopP < 1f)
+            {
+                double cum = 0;
+                for (int i = 0; i < kk; i++)
+                {
+                    cum += e[_order[i]] / sum;
+                    if (cum >= s.TopP) { keep = i + 1; cut = keep < k; break; }
+                }
+                if (!cut && kk < k) continue;                 // the cut may lie past this prefix
+            }
+            if (s.MinP > 0f)
+            {
+                // min-p: drop tokens less likely than min_p times the most likely one.
+                int m = 1;
+                while (m < keep && e[_order[m]] >= s.MinP * e[_order[0]]) m++;
+                if (m < keep) cut = true;
+                else if (!cut && kk < k) continue;            // more tokens may pass past this prefix
+                keep = m;
+            }
+            // The draw: a point in the kept mass (the top-k set's sum when nothing was cut), walked
+            // in the order. Uncut, it usually falls inside the gathered prefix; if not, gather more.
+            double total = 0;
+            if (cut) for (int i = 0; i < keep; i++) total += e[_order[i]];
+            else total = sum;
+            double r = uniform * total;
+            for (int i = 0; i < keep; i++) { r -= e[_order[i]]; if (r < 0) return _order[i]; }
+            if (!cut && kk < k) continue;
+            return _order[keep - 1];
         }
-        if (s.MinP > 0f)
-        {
-            // min-p: drop tokens less likely than min_p times the most likely one (_probs[0] = 1).
-            int m = 1;
-            while (m < keep && _probs[m] >= s.MinP * _probs[0]) m++;
-            keep = m;
-        }
-        double total = 0;
-        for (int i = 0; i < keep; i++) total += _probs[i];
-        double r = uniform * total;
-        for (int i = 0; i < keep; i++) { r -= _probs[i]; if (r < 0) return _order[i]; }
-        return _order[keep - 1];
+    }
+
+    // Thresholds below the top logit, in units of the temperature (weights 1e-2, 1e-5, 1e-10 and
+    // 1e-20 of the top token's), then the whole row. A model's next-token distribution usually has
+    // its top-p mass and its draw among the few tokens of the first.
+    private static readonly double[] s_levels = [Math.Log(1e-3), Math.Log(1e-7), Math.Log(1e-14)];
+
+    // (order key of the logit, complemented id): larger means earlier in the order.
+    private static ulong Key(float logit, int id) => (ulong)OrderKey(logit) << 32 | (uint)~id;
+
+    // The ids whose logit is at least tau (all ids when all), sorted into the order in _order[0, n):
+    // _keys[0, n) holds their keys, largest first. Returns n.
+    private int Gather(ReadOnlySpan<float> l, float tau, bool all)
+    {
+        int n = 0;
+        for (int i = 0; i < l.Length; i++)
+            if (all || l[i] >= tau) _keys[n++] = ~Key(l[i], i);   // complemented: ascending sort
+        var keys = _keys.AsSpan(0, n);
+        keys.Sort();
+        for (int i = 0; i < n; i++) { keys[i] = ~keys[i]; _order[i] = (int)~(uint)keys[i]; }
+        return n;
     }
 }
 

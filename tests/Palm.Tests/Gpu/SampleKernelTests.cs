@@ -134,6 +134,58 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
         output.WriteLine($"{cases} cases agree exactly (seed {seed})");
     }
 
+    /// <summary>
+    /// TokenSampler sorts only the tokens above a threshold and lowers it when the walk runs past
+    /// them: rows so peaked that the first gather holds a handful of tokens, with top-k, top-p and
+    /// min-p set so each must widen it (top-k beyond the gathered set, top-p near 1, no filter at
+    /// all), still pick exactly what the full-sort reference picks, draw for draw.
+    /// </summary>
+    [Fact]
+    public void TokenSampler_widening_its_gathered_prefix_picks_what_the_full_sort_picks()
+    {
+        ulong seed = TestSeed.Next();
+        var r = new Random((int)seed);
+        var none = new RecentTokens(0);
+        int cases = 0;
+        foreach (int V in new[] { 300, 2048 })
+        {
+            var sampler = new TokenSampler(V);
+            for (int i = 0; i < 40; i++)
+            {
+                var logits = new float[V];
+                float temp;
+                if (i % 2 == 0)
+                {
+                    for (int j = 0; j < V; j++) logits[j] = (float)(Math.Sqrt(-2 * Math.Log(1 - r.NextDouble())) * Math.Cos(2 * Math.PI * r.NextDouble()) * 8);
+                    temp = (float)(0.2 + 0.3 * r.NextDouble());
+                }
+                else
+                {
+                    // A few peaks over a wide plateau just under the first threshold: the tokens
+                    // past top-k hold a few percent of the mass, so summing more than the top-k
+                    // set moves the top-p cut.
+                    for (int j = 0; j < V; j++) logits[j] = (float)(0.01 * r.NextDouble());
+                    for (int j = 0; j < 3; j++) logits[r.Next(V)] = 10f + j;
+                    temp = 1f;
+                }
+                foreach (var (topK, topP, minP) in new[] { (V / 3, 0.9999f, 0f), (50, 0.999f, 0f), (V / 2, 1f, 0f), (0, 0.99999f, 0f), (0, 1f, 0f), (V - 1, 0.9995f, 1e-7f), (0, 1f, 1e-12f) })
+                {
+                    var settings = new SamplingSettings(temp, topK, topP, minP, 1f, 0f, 0f, null);
+                    for (int d = 0; d < 5; d++, cases++)
+                    {
+                        float u = d == 0 ? MathF.BitDecrement(1f) : (float)r.NextDouble();
+                        var c = new Case(logits, settings, none, u, $"V={V} T={temp} topK={topK} topP={topP} minP={minP} u={u:R}");
+                        var (row, pairs) = Inputs(c);
+                        int want = Kernels.Sample.Reference(logits, row, pairs);
+                        int got = sampler.Sample(logits, settings, none, u);
+                        Assert.True(want == got, $"TokenSampler picked {got}, the full-sort reference {want} ({c.Describe}, seed {seed})");
+                    }
+                }
+            }
+        }
+        output.WriteLine($"{cases} draws agree exactly (seed {seed})");
+    }
+
     [Fact]
     public void TokenSampler_orders_ties_by_id_and_draws_one_uniform_per_sampled_token()
     {

@@ -6,10 +6,11 @@
 // a kernel can reproduce without a sort, and the order of tokens is total (logit descending,
 // ties by ascending id). The host does not sort the row either: weights come from one vectorised
 // exp, the top-k set's mass is summed in id order, the kept mass is that sum unless top-p or min-p
-// cut it, and only the tokens above a threshold (a prefix of the order) are sorted, the threshold
-// lowered when a walk runs past them. Measured (N(0, 3²) logits, T 0.8, steady state, dev VM):
-// V 2,048 top-p 0.9 99 -> 21 us a token, V 4,096 219 -> 43, V 4,096 top-k 40 239 -> 49,
-// V 4,096 without top-p 220 -> 42, V 65,536 4.5 -> 1.0-1.7 ms (a full sort each token before).
+// cut it, and only the tokens above a threshold (a prefix of the order, sized by a histogram of
+// the weights) are sorted, the whole row only when a walk runs past them. Measured (N(0, 3²)
+// logits, T 0.8, steady state, dev VM): V 2,048 top-p 0.9 99 -> 21 us a token, V 4,096 219 -> 41,
+// V 4,096 top-k 40 239 -> 55, V 4,096 without top-p 220 -> 40, V 65,536 4.5 -> 0.7 ms (a full
+// sort each token before).
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
@@ -29,6 +30,12 @@ internal sealed class TokenSampler(int vocabSize)
     private readonly int[] _order = new int[vocabSize];
     private readonly double[] _probs = new double[vocabSize];
     private readonly int[] _counts = new int[vocabSize];
+
+    /// <summary>Tests: the first gather holds only the top bucket, so every widening path runs.</summary>
+    internal bool NarrowFirstGather { get; init; }
+    private readonly byte[] _bucket = new byte[vocabSize];
+    private readonly double[] _bucketMass = new double[Buckets];
+    private readonly int[] _bucketCount = new int[Buckets];
 
     /// <summary>
     /// True when <see cref="Sample(ReadOnlySpan{float}, in SamplingSettings, RecentTokens, double)"/>
@@ -92,35 +99,57 @@ internal sealed class TokenSampler(int vocabSize)
 
         if (s.Temperature <= 0) return Sampler.ArgMax(l);
 
-        // Every token's weight exp((l - max) / T) in double, by one vectorised exp over the row.
+        // Every token's weight exp((l - max) / T) in double, by one vectorised exp over the row,
+        // and a histogram of the weights by (max - l) / T: count and mass per bucket.
         double max = TensorPrimitives.Max(l), T = s.Temperature;
         var e = _probs.AsSpan();
-        for (int i = 0; i < V; i++) e[i] = (l[i] - max) / T;
+        var bucket = _bucket.AsSpan();
+        for (int i = 0; i < V; i++)
+        {
+            double x = (l[i] - max) / T;
+            e[i] = x;
+            bucket[i] = (byte)Math.Min(Buckets - 1, -x * BucketsPerUnit);   // NaN -> 0, -inf -> last
+        }
         TensorPrimitives.Exp(e, e);
+        Array.Clear(_bucketMass);
+        Array.Clear(_bucketCount);
+        for (int i = 0; i < V; i++) { _bucketMass[bucket[i]] += e[i]; _bucketCount[bucket[i]]++; }
         int k = s.TopK > 0 ? Math.Min(s.TopK, V) : V;
 
         // The filters and the draw only ever walk a prefix of the order (logit descending, ties by
         // ascending id), nearly always a short one: so instead of sorting the row, gather the
-        // tokens whose logit is at least a threshold (always a prefix of the order), sort those,
-        // and lower the threshold only when the prefix runs out before the walk ends.
+        // tokens above a threshold (always a prefix of the order) that the histogram says holds
+        // the top-k set, or the top-p mass, or the draw's point, sort those, and gather the whole
+        // row only when a walk still runs past them (rounding at the edge).
         double sum = 0;
         bool haveSum = false;
+        int first;                                   // last bucket the first gather must hold
+        if (k < V)
+        {
+            int c = 0;
+            for (first = 0; first < Buckets - 1 && (c += _bucketCount[first]) < k; first++) { }
+        }
+        else
+        {
+            // The whole row is the top-k set: its mass, summed in id order (a kernel's order too).
+            for (int i = 0; i < V; i++) sum += e[i];
+            haveSum = true;
+            double target = (s.TopP < 1f ? s.TopP : uniform) * sum, m = 0;
+            for (first = 0; first < Buckets - 1 && (m += _bucketMass[first]) < target; first++) { }
+        }
+        first = NarrowFirstGather ? 0 : Math.Min(Buckets - 1, first + 1);    // one bucket of margin for rounding
         for (int level = 0; ; level++)
         {
-            bool all = level >= s_levels.Length;
-            int n = Gather(l, all ? float.NegativeInfinity : (float)(max + T * s_levels[level]), all);
+            bool all = level > 0 || first >= Buckets - 1;
+            int n = Gather(l, all ? float.NegativeInfinity : (float)(max - T * (first + 1) / BucketsPerUnit), all);
             bool complete = all || n == V;
             if (k < V && n < k && !complete) continue;        // the top-k set is not in hand yet
             int kk = Math.Min(k, n);
             if (!haveSum)
             {
                 // The top-k set's mass, summed in id order (a kernel's order too, needing no sort).
-                if (k == V) for (int i = 0; i < V; i++) sum += e[i];
-                else
-                {
-                    ulong kth = _keys[k - 1];
-                    for (int i = 0; i < V; i++) if (Key(l[i], i) >= kth) sum += e[i];
-                }
+                ulong kth = _keys[k - 1];
+                for (int i = 0; i < V; i++) if (Key(l[i], i) >= kth) sum += e[i];
                 haveSum = true;
             }
             // The filters cut the kept set short of the top-k set (keep < k), or it is the whole
@@ -158,10 +187,10 @@ internal sealed class TokenSampler(int vocabSize)
         }
     }
 
-    // Thresholds below the top logit, in units of the temperature (weights 1e-2, 1e-5, 1e-10 and
-    // 1e-20 of the top token's), then the whole row. A model's next-token distribution usually has
-    // its top-p mass and its draw among the few tokens of the first.
-    private static readonly double[] s_levels = [Math.Log(1e-3), Math.Log(1e-7), Math.Log(1e-14)];
+    // The histogram's buckets: (max - l) / T in steps of 1/4 (weights e^-0.25 apart) down to 48
+    // (e^-48, 1.4e-21 of the top token's weight), the last bucket holding everything below.
+    private const int Buckets = 193;
+    private const double BucketsPerUnit = 4;
 
     // (order key of the logit, complemented id): larger means earlier in the order.
     private static ulong Key(float logit, int id) => (ulong)OrderKey(logit) << 32 | (uint)~id;

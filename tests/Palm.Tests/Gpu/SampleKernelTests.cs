@@ -122,6 +122,7 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
         foreach (int V in new[] { 1, 2, 5, 64, 257, 2048 })
         {
             var sampler = new TokenSampler(V);
+            var narrow = new TokenSampler(V) { NarrowFirstGather = true };
             for (int i = 0; i < (V >= 2048 ? 150 : 600); i++, cases++)
             {
                 var c = RandomCase(r, V);
@@ -129,6 +130,8 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
                 int want = sampler.Sample(c.Logits, c.Settings, c.Recent, c.Uniform);
                 int got = Kernels.Sample.Reference(c.Logits, row, pairs);
                 Assert.True(want == got, $"case {i}: reference picked {got}, TokenSampler {want} ({c.Describe}, seed {seed})");
+                int wide = narrow.Sample(c.Logits, c.Settings, c.Recent, c.Uniform);
+                Assert.True(wide == got, $"case {i}: reference picked {got}, TokenSampler with a narrow first gather {wide} ({c.Describe}, seed {seed})");
             }
         }
         output.WriteLine($"{cases} cases agree exactly (seed {seed})");
@@ -148,8 +151,11 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
         var none = new RecentTokens(0);
         int cases = 0;
         foreach (int V in new[] { 300, 2048 })
+        foreach (bool narrow in new[] { false, true })
         {
-            var sampler = new TokenSampler(V);
+            // Narrow: the first gather holds only the top bucket of the weights' histogram, so the
+            // walks run past it and the row is gathered again (normally the histogram sizes it).
+            var sampler = new TokenSampler(V) { NarrowFirstGather = narrow };
             for (int i = 0; i < 40; i++)
             {
                 var logits = new float[V];
@@ -178,7 +184,7 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
                         var (row, pairs) = Inputs(c);
                         int want = Kernels.Sample.Reference(logits, row, pairs);
                         int got = sampler.Sample(logits, settings, none, u);
-                        Assert.True(want == got, $"TokenSampler picked {got}, the full-sort reference {want} ({c.Describe}, seed {seed})");
+                        Assert.True(want == got, $"TokenSampler (narrow first gather: {narrow}) picked {got}, the full-sort reference {want} ({c.Describe}, seed {seed})");
                     }
                 }
             }

@@ -134,6 +134,9 @@ internal static unsafe class QuantizedMatVec
             // at a time with one transposing reduction (FloatMatVec.Reduce16), then the 4-row pass.
             if (isa == QuantIsa.Avx512 && m.Q8 && c1 > c0 && c0 / w.GroupSize == (c1 - 1) / w.GroupSize && c0 % 16 == 0 && c1 % 16 == 0)
                 i = c1 - c0 == 64 ? Rows16Q8K64(m, row0, rows, c0, px, py) : Rows16Q8x512(m, row0, rows, c0, c1, px, py);
+            // q4 segments of exactly 64 columns in whole groups of 32 or 64: sixteen rows per pass.
+            else if (isa == QuantIsa.Avx512 && !m.Q8 && c1 - c0 == 64 && (w.GroupSize == 32 || w.GroupSize == 64) && c0 % w.GroupSize == 0)
+                i = Rows16Q4K64(m, row0, rows, c0, px, py);
             // q4 segments of whole 32-element steps inside whole groups: the split-nibble kernel.
             else if (isa == QuantIsa.Avx512 && !m.Q8 && c1 > c0 && w.GroupSize % 32 == 0 && c0 % w.GroupSize == 0 && (c1 - c0) % w.GroupSize == 0 && c1 - c0 <= Q4SplitMaxCols)
                 i = Rows4Q4Split512(m, row0, rows, c0, c1, px, py);
@@ -423,6 +426,69 @@ internal static unsafe class QuantizedMatVec
             var v = Avx512F.ConvertToVector512Int32(Vector128.Load(p)).AsUInt32();
             acc = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single((v & mask).AsInt32()), ve, acc);
             return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ShiftRightLogical(v, 4).AsInt32()), vo, acc);
+        }
+    }
+
+    // Rows4Q4Split512 for segments of exactly 64 columns in whole groups of 32 or 64 (the rank-64
+    // second factors: most of a `small` q4 token), sixteen rows per pass: x split into even and
+    // odd elements once and kept in four registers, each row's 32 bytes read front to back, the
+    // sixteen row vectors (each group's sum times its scale) reduced at once (FloatMatVec.Reduce16)
+    // instead of a horizontal sum per row, and the level offset (8 · scale · Σx per group) taken
+    // off the sixteen sums as one vector.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int Rows16Q4K64(in Matrix w, int row0, int n, int c0, float* x, float* y)
+    {
+        int G = w.G, K = w.K, gpr = K / G, gk = c0 / G;
+        bool two = G == 32;
+        var l0 = Vector512.Load(x); var h0 = Vector512.Load(x + 16); var l1 = Vector512.Load(x + 32); var h1 = Vector512.Load(x + 48);
+        var xe0 = Avx512F.PermuteVar16x32x2(l0, s_evenIdx, h0); var xo0 = Avx512F.PermuteVar16x32x2(l0, s_oddIdx, h0);
+        var xe1 = Avx512F.PermuteVar16x32x2(l1, s_evenIdx, h1); var xo1 = Avx512F.PermuteVar16x32x2(l1, s_oddIdx, h1);
+        float gs0 = TensorPrimitives.Sum(new ReadOnlySpan<float>(x, 32)), gs1 = TensorPrimitives.Sum(new ReadOnlySpan<float>(x + 32, 32));
+        var mask = Vector512.Create(0xFu);
+        var X = new Q4Row(xe0, xo0, xe1, xo1, mask, gs0, gs1, two);
+        float* off = stackalloc float[16];
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+        {
+            long r = row0 + i;
+            byte* b = w.Data + (r * K + c0) / 2;
+            ushort* h = (ushort*)w.Scales + r * gpr + gk;
+            long rb = K / 2;
+            // Accumulator s takes row 4 * (s % 4) + s / 4 (see Reduce16).
+            var sums = FloatMatVec.Reduce16(
+                X.Row(b, h, 0, rb, gpr, off), X.Row(b, h, 4, rb, gpr, off), X.Row(b, h, 8, rb, gpr, off), X.Row(b, h, 12, rb, gpr, off),
+                X.Row(b, h, 1, rb, gpr, off), X.Row(b, h, 5, rb, gpr, off), X.Row(b, h, 9, rb, gpr, off), X.Row(b, h, 13, rb, gpr, off),
+                X.Row(b, h, 2, rb, gpr, off), X.Row(b, h, 6, rb, gpr, off), X.Row(b, h, 10, rb, gpr, off), X.Row(b, h, 14, rb, gpr, off),
+                X.Row(b, h, 3, rb, gpr, off), X.Row(b, h, 7, rb, gpr, off), X.Row(b, h, 11, rb, gpr, off), X.Row(b, h, 15, rb, gpr, off));
+            Avx512F.Subtract(sums, Vector512.Load(off)).Store(y + i);
+        }
+        return i;
+    }
+
+    private readonly struct Q4Row(Vector512<float> xe0, Vector512<float> xo0, Vector512<float> xe1, Vector512<float> xo1,
+        Vector512<uint> mask, float gs0, float gs1, bool two)
+    {
+        // Row q of the block at b: Σ_group scale · Σ level · x as a vector (lanes still to be summed);
+        // off[q] gets the row's offset 8 · Σ_group scale · Σx.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector512<float> Row(byte* b, ushort* h, int q, long rb, int gpr, float* off)
+        {
+            byte* p = b + q * rb;
+            var v0 = Avx512F.ConvertToVector512Int32(Vector128.Load(p)).AsUInt32();
+            var v1 = Avx512F.ConvertToVector512Int32(Vector128.Load(p + 16)).AsUInt32();
+            var g0 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ShiftRightLogical(v0, 4).AsInt32()), xo0,
+                Avx512F.Multiply(Avx512F.ConvertToVector512Single((v0 & mask).AsInt32()), xe0));
+            var g1 = Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(Avx512F.ShiftRightLogical(v1, 4).AsInt32()), xo1,
+                Avx512F.Multiply(Avx512F.ConvertToVector512Single((v1 & mask).AsInt32()), xe1));
+            float s0 = HalfToSingle(h[(long)q * gpr]);
+            if (two)
+            {
+                float s1 = HalfToSingle(h[(long)q * gpr + 1]);
+                off[q] = 8 * (s0 * gs0 + s1 * gs1);
+                return Avx512F.FusedMultiplyAdd(g1, Vector512.Create(s1), Avx512F.Multiply(g0, Vector512.Create(s0)));
+            }
+            off[q] = 8 * s0 * (gs0 + gs1);
+            return Avx512F.Multiply(Avx512F.Add(g0, g1), Vector512.Create(s0));
         }
     }
 

@@ -34,6 +34,8 @@ public sealed class QuantizedMatVecTests
         // q8 sixteen-row passes: 64-column rows in one group (the rank-64 kernel, scales one vector
         // load), 64-column slices of two-group rows (its gathered scales), and the general kernel.
         ("q8", 37, 64, 64), ("q8", 35, 128, 64), ("q8", 20, 96, 96),
+        // q4 sixteen-row passes over 64 columns: two groups of 32, one of 64, and 64-column slices.
+        ("q4", 37, 64, 32), ("q4", 20, 64, 64), ("q4", 35, 128, 64), ("q4", 33, 128, 32),
     ];
 
     private static QuantizedTensor Random(Random rng, string dtype, int n, int k, int g)

@@ -1,8 +1,9 @@
 // The weights as the fast CPU path (FastCpuModel, FastCpuDecoder) computes with them: every matrix
 // is either float32 (a PalmParameters array, shared and not copied, so a trainer's in-place updates
 // show; or, for inference, a 64-byte-aligned copy: CpuWeights.Aligned) or q8/q4 exactly as stored
-// (a QuantizedTensor, read in place by Cpu/QuantizedMatVec and never expanded). Each product branches on the storage once per call, never per element, and the
-// float32 branch is the same kernel call the decoder made before quantized weights existed.
+// (a QuantizedTensor, read in place by Cpu/QuantizedMatVec and never expanded). Each product
+// branches on the storage once per call, never per element, and the float32 branch is the same
+// kernel call the decoder made before quantized weights existed.
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Palm.Inference.Checkpoint;

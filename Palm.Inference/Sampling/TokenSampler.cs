@@ -10,7 +10,7 @@
 // the weights) are sorted, the whole row only when a walk runs past them. Measured (N(0, 3²)
 // logits, T 0.8, steady state, dev VM): V 2,048 top-p 0.9 99 -> 21 us a token, V 4,096 219 -> 41,
 // V 4,096 top-k 40 239 -> 55, V 4,096 without top-p 220 -> 40, V 65,536 4.5 -> 0.7 ms (a full
-// sort each token before).
+// sort each token before). Large gathers (flat distributions) are radix-sorted.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
@@ -34,6 +34,8 @@ internal sealed class TokenSampler(int vocabSize)
     /// <summary>Tests: the first gather holds only the top bucket, so every widening path runs.</summary>
     internal bool NarrowFirstGather { get; init; }
     private readonly byte[] _bucket = new byte[vocabSize];
+    private readonly uint[] _rk = new uint[vocabSize], _rk2 = new uint[vocabSize];
+    private readonly int[] _rid = new int[vocabSize], _rid2 = new int[vocabSize];
     private readonly double[] _bucketMass = new double[Buckets];
     private readonly int[] _bucketCount = new int[Buckets];
 
@@ -196,17 +198,48 @@ internal sealed class TokenSampler(int vocabSize)
     private static ulong Key(float logit, int id) => (ulong)OrderKey(logit) << 32 | (uint)~id;
 
     // The ids whose logit is at least tau (all ids when all), sorted into the order in _order[0, n):
-    // _keys[0, n) holds their keys, largest first. Returns n.
+    // _keys[0, n) holds their keys (Key), largest first. Returns n.
     private int Gather(ReadOnlySpan<float> l, float tau, bool all)
     {
         int n = 0;
         for (int i = 0; i < l.Length; i++)
-            if (all || l[i] >= tau) _keys[n++] = ~Key(l[i], i);   // complemented: ascending sort
-        var keys = _keys.AsSpan(0, n);
-        keys.Sort();
-        for (int i = 0; i < n; i++) { keys[i] = ~keys[i]; _order[i] = (int)~(uint)keys[i]; }
+            if (all || l[i] >= tau) { _rk[n] = ~OrderKey(l[i]); _rid[n++] = i; }   // complemented: ascending sort
+        if (n <= RadixFrom)
+        {
+            var keys = _keys.AsSpan(0, n);
+            for (int i = 0; i < n; i++) keys[i] = (ulong)_rk[i] << 32 | (uint)_rid[i];
+            keys.Sort();
+            for (int i = 0; i < n; i++) { _order[i] = (int)(uint)keys[i]; keys[i] = Key(l[_order[i]], _order[i]); }
+            return n;
+        }
+        // Many tokens (a flat distribution, or a large vocabulary): a stable LSD radix sort on the
+        // 32-bit order key, four passes of a byte, over ids gathered in ascending order, so ties
+        // stay by ascending id: the same order as the 64-bit sort, in O(n).
+        uint[] k0 = _rk, k1 = _rk2;
+        int[] i0 = _rid, i1 = _rid2;
+        Span<int> count = stackalloc int[256];
+        for (int shift = 0; shift < 32; shift += 8)
+        {
+            count.Clear();
+            for (int i = 0; i < n; i++) count[(int)(k0[i] >> shift) & 255]++;
+            if (count[(int)(k0[0] >> shift) & 255] == n) continue;   // every key shares this byte
+            int sumc = 0;
+            for (int b = 0; b < 256; b++) { int c = count[b]; count[b] = sumc; sumc += c; }
+            for (int i = 0; i < n; i++)
+            {
+                int d = count[(int)(k0[i] >> shift) & 255]++;
+                k1[d] = k0[i];
+                i1[d] = i0[i];
+            }
+            (k0, k1) = (k1, k0);
+            (i0, i1) = (i1, i0);
+        }
+        for (int i = 0; i < n; i++) { int id = i0[i]; _order[i] = id; _keys[i] = Key(l[id], id); }
         return n;
     }
+
+    // Gathers above this many tokens are radix-sorted (below, the comparison sort is as quick).
+    private const int RadixFrom = 256;
 }
 
 /// <summary>The last N token ids fed to or produced by a session: a fixed-size ring.</summary>

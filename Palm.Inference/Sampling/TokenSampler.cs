@@ -8,9 +8,10 @@
 // exp, the top-k set's mass is summed in id order, the kept mass is that sum unless top-p or min-p
 // cut it, and only the tokens above a threshold (a prefix of the order, sized by a histogram of
 // the weights) are sorted, the whole row only when a walk runs past them. Measured (N(0, 3²)
-// logits, T 0.8, steady state, dev VM): V 2,048 top-p 0.9 99 -> 21 us a token, V 4,096 219 -> 41,
-// V 4,096 top-k 40 239 -> 55, V 4,096 without top-p 220 -> 40, V 65,536 4.5 -> 0.7 ms (a full
-// sort each token before). Large gathers (flat distributions) are radix-sorted.
+// logits, T 0.8, steady state, dev VM), us a sampled token: V 2,048 top-p 0.9 99 -> 8.4,
+// V 4,096 219 -> 16, V 4,096 top-k 40 239 -> 25, V 4,096 without top-p 220 -> 16, V 65,536
+// 4,510 -> 331 (a full sort and V scalar exps each token before). Large gathers (flat
+// distributions) are radix-sorted.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
@@ -33,11 +34,10 @@ internal sealed class TokenSampler(int vocabSize)
 
     /// <summary>Tests: the first gather holds only the top bucket, so every widening path runs.</summary>
     internal bool NarrowFirstGather { get; init; }
-    private readonly byte[] _bucket = new byte[vocabSize];
     private readonly uint[] _rk = new uint[vocabSize], _rk2 = new uint[vocabSize];
     private readonly int[] _rid = new int[vocabSize], _rid2 = new int[vocabSize];
-    private readonly double[] _bucketMass = new double[Buckets];
-    private readonly int[] _bucketCount = new int[Buckets];
+    private readonly double[] _bucketMass = new double[4 * Buckets];
+    private readonly int[] _bucketCount = new int[4 * Buckets];
 
     /// <summary>
     /// True when <see cref="Sample(ReadOnlySpan{float}, in SamplingSettings, RecentTokens, double)"/>
@@ -103,19 +103,32 @@ internal sealed class TokenSampler(int vocabSize)
 
         // Every token's weight exp((l - max) / T) in double, by one vectorised exp over the row,
         // and a histogram of the weights by (max - l) / T: count and mass per bucket.
-        double max = TensorPrimitives.Max(l), T = s.Temperature;
+        float maxF = TensorPrimitives.Max(l);
+        double max = maxF, T = s.Temperature;
         var e = _probs.AsSpan();
-        var bucket = _bucket.AsSpan();
-        for (int i = 0; i < V; i++)
-        {
-            double x = (l[i] - max) / T;
-            e[i] = x;
-            bucket[i] = (byte)Math.Min(Buckets - 1, -x * BucketsPerUnit);   // NaN -> 0, -inf -> last
-        }
+        // (l - max) / T exactly as the scalar double expression, vectorised (widening is exact,
+        // subtraction and division correctly rounded either way).
+        TensorPrimitives.ConvertChecked<float, double>(l, e);
+        TensorPrimitives.Subtract(e, max, e);
+        TensorPrimitives.Divide(e, T, e);
         TensorPrimitives.Exp(e, e);
+        // The histogram only steers the first gather, so float arithmetic will do; four interleaved
+        // copies keep neighbouring tokens of one bucket from waiting on each other's update.
         Array.Clear(_bucketMass);
         Array.Clear(_bucketCount);
-        for (int i = 0; i < V; i++) { _bucketMass[bucket[i]] += e[i]; _bucketCount[bucket[i]]++; }
+        float perUnit = (float)(BucketsPerUnit / T);
+        for (int i = 0; i < V; i++)
+        {
+            float d = (maxF - l[i]) * perUnit;
+            int b = (d < Buckets - 1 ? (int)d : Buckets - 1) * 4 + (i & 3);   // NaN, -inf: last bucket
+            _bucketMass[b] += e[i];
+            _bucketCount[b]++;
+        }
+        for (int b = 0; b < Buckets; b++)
+        {
+            _bucketMass[b] = _bucketMass[4 * b] + _bucketMass[4 * b + 1] + _bucketMass[4 * b + 2] + _bucketMass[4 * b + 3];
+            _bucketCount[b] = _bucketCount[4 * b] + _bucketCount[4 * b + 1] + _bucketCount[4 * b + 2] + _bucketCount[4 * b + 3];
+        }
         int k = s.TopK > 0 ? Math.Min(s.TopK, V) : V;
 
         // The filters and the draw only ever walk a prefix of the order (logit descending, ties by
@@ -150,8 +163,11 @@ internal sealed class TokenSampler(int vocabSize)
             if (!haveSum)
             {
                 // The top-k set's mass, summed in id order (a kernel's order too, needing no sort).
-                ulong kth = _keys[k - 1];
-                for (int i = 0; i < V; i++) if (Key(l[i], i) >= kth) sum += e[i];
+                // In the top-k set: above the k-th token's logit, or equal to it at an id no larger
+                // (the order's tie rule; -0 equals +0 as in OrderKey; NaN logits have no place).
+                int kId = _order[k - 1];
+                float kl = l[kId];
+                for (int i = 0; i < V; i++) if (l[i] > kl || (l[i] == kl && i <= kId)) sum += e[i];
                 haveSum = true;
             }
             // The filters cut the kept set short of the top-k set (keep < k), or it is the whole
@@ -194,11 +210,8 @@ internal sealed class TokenSampler(int vocabSize)
     private const int Buckets = 193;
     private const double BucketsPerUnit = 4;
 
-    // (order key of the logit, complemented id): larger means earlier in the order.
-    private static ulong Key(float logit, int id) => (ulong)OrderKey(logit) << 32 | (uint)~id;
-
-    // The ids whose logit is at least tau (all ids when all), sorted into the order in _order[0, n):
-    // _keys[0, n) holds their keys (Key), largest first. Returns n.
+    // The ids whose logit is at least tau (all ids when all), sorted into the order in _order[0, n).
+    // Returns n.
     private int Gather(ReadOnlySpan<float> l, float tau, bool all)
     {
         int n = 0;
@@ -209,7 +222,7 @@ internal sealed class TokenSampler(int vocabSize)
             var keys = _keys.AsSpan(0, n);
             for (int i = 0; i < n; i++) keys[i] = (ulong)_rk[i] << 32 | (uint)_rid[i];
             keys.Sort();
-            for (int i = 0; i < n; i++) { _order[i] = (int)(uint)keys[i]; keys[i] = Key(l[_order[i]], _order[i]); }
+            for (int i = 0; i < n; i++) _order[i] = (int)(uint)keys[i];
             return n;
         }
         // Many tokens (a flat distribution, or a large vocabulary): a stable LSD radix sort on the
@@ -234,7 +247,7 @@ internal sealed class TokenSampler(int vocabSize)
             (k0, k1) = (k1, k0);
             (i0, i1) = (i1, i0);
         }
-        for (int i = 0; i < n; i++) { int id = i0[i]; _order[i] = id; _keys[i] = Key(l[id], id); }
+        i0.AsSpan(0, n).CopyTo(_order);
         return n;
     }
 

@@ -175,7 +175,6 @@ internal static class AodBackward
     public static void Reference(ReadOnlySpan<float> qkv, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, ReadOnlySpan<float> dy,
         int B, int T, int D, int H, bool mean, Span<float> dqkv)
     {
-        int hd = D / H, half = hd / 2;
         var qn = new float[T * D];    // rmsnorm(q) per head, before RoPE
         var kn = new float[T * D];
         var rq = new float[T * H];    // 1/rms per head
@@ -192,17 +191,11 @@ internal static class AodBackward
             for (var t = 0; t < T; t++)
             {
                 var row = qkv.Slice((b * T + t) * 3 * D, 3 * D);
-                for (var h = 0; h < H; h++)
-                {
-                    rq[t * H + h] = NormRope(row.Slice(h * hd, hd), cos.Slice(t * half, half), sin.Slice(t * half, half), qn.AsSpan(t * D + h * hd, hd), q.AsSpan(t * D + h * hd, hd));
-                    rk[t * H + h] = NormRope(row.Slice(D + h * hd, hd), cos.Slice(t * half, half), sin.Slice(t * half, half), kn.AsSpan(t * D + h * hd, hd), k.AsSpan(h * hd, hd));
-                }
+                PrepareToken(row, cos, sin, t, D, H, qn, kn, rq, rk, q, k, g);
                 for (var j = 0; j < D; j++)
                 {
-                    var gj = 1f / (1f + MathF.Exp(-k[j]));
-                    g[t * D + j] = gj;
-                    s[t * D + j] = (t > 0 ? s[(t - 1) * D + j] : 0f) + gj * row[2 * D + j];
-                    z[t * D + j] = (t > 0 ? z[(t - 1) * D + j] : 0f) + gj;
+                    s[t * D + j] = (t > 0 ? s[(t - 1) * D + j] : 0f) + g[t * D + j] * row[2 * D + j];
+                    z[t * D + j] = (t > 0 ? z[(t - 1) * D + j] : 0f) + g[t * D + j];
                 }
             }
 
@@ -224,7 +217,7 @@ internal static class AodBackward
         int B, int T, int D, int H, int L, bool mean, Span<float> dqkv)
     {
         if (L <= 0) throw new ArgumentOutOfRangeException(nameof(L), $"chunk length {L} must be > 0");
-        int hd = D / H, half = hd / 2, chunks = Aod.Chunks(T, L);
+        int chunks = Aod.Chunks(T, L);
         var qn = new float[T * D];
         var kn = new float[T * D];
         var rq = new float[T * H];
@@ -242,15 +235,7 @@ internal static class AodBackward
         {
             // q, k (normalised, rotated) and g per token: what every pass recomputes.
             for (var t = 0; t < T; t++)
-            {
-                var row = qkv.Slice((b * T + t) * 3 * D, 3 * D);
-                for (var h = 0; h < H; h++)
-                {
-                    rq[t * H + h] = NormRope(row.Slice(h * hd, hd), cos.Slice(t * half, half), sin.Slice(t * half, half), qn.AsSpan(t * D + h * hd, hd), q.AsSpan(t * D + h * hd, hd));
-                    rk[t * H + h] = NormRope(row.Slice(D + h * hd, hd), cos.Slice(t * half, half), sin.Slice(t * half, half), kn.AsSpan(t * D + h * hd, hd), k.AsSpan(h * hd, hd));
-                }
-                for (var j = 0; j < D; j++) g[t * D + j] = 1f / (1f + MathF.Exp(-k[j]));
-            }
+                PrepareToken(qkv.Slice((b * T + t) * 3 * D, 3 * D), cos, sin, t, D, H, qn, kn, rq, rk, q, k, g);
             // Passes 1-2 (the forward's): the scan's value before each chunk.
             Array.Clear(chunkS);
             Array.Clear(chunkZ);
@@ -356,6 +341,20 @@ internal static class AodBackward
     }
 
     // normed = rmsnorm(x), output = rope(normed); returns 1/rms.
+    // Token t of one sequence (its qkv row): per head QK-norm (normed values and 1/rms kept) and
+    // RoPE into q (T, D) and k (D, this token only), then g = sigmoid(k). Both twins start so.
+    static void PrepareToken(ReadOnlySpan<float> row, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, int t, int D, int H,
+        float[] qn, float[] kn, float[] rq, float[] rk, float[] q, float[] k, float[] g)
+    {
+        int hd = D / H, half = hd / 2;
+        for (var h = 0; h < H; h++)
+        {
+            rq[t * H + h] = NormRope(row.Slice(h * hd, hd), cos.Slice(t * half, half), sin.Slice(t * half, half), qn.AsSpan(t * D + h * hd, hd), q.AsSpan(t * D + h * hd, hd));
+            rk[t * H + h] = NormRope(row.Slice(D + h * hd, hd), cos.Slice(t * half, half), sin.Slice(t * half, half), kn.AsSpan(t * D + h * hd, hd), k.AsSpan(h * hd, hd));
+        }
+        for (var j = 0; j < D; j++) g[t * D + j] = 1f / (1f + MathF.Exp(-k[j]));
+    }
+
     static float NormRope(ReadOnlySpan<float> x, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, Span<float> normed, Span<float> output)
     {
         int hd = x.Length, half = hd / 2;

@@ -16,11 +16,15 @@ public class InterruptTests
         using var dir = new TempDir();
         var (data, _) = TrainerTestData.Prepare(dir, new Random(5));
         string trainer = Path.Combine(AppContext.BaseDirectory, "Palm.Trainer.dll");
-        var psi = new ProcessStartInfo("dotnet")
+        // Through `env --default-signal=INT` (which then execs dotnet: same process id): a test run
+        // started as a background job (`dotnet test ... &` in a script) inherits SIGINT ignored, and
+        // .NET, like a shell, leaves an inherited SIG_IGN alone, so the trainer would never see the
+        // signal and run to its last step. The trainer is right to honour that; the test resets it.
+        var psi = new ProcessStartInfo("env")
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
         };
-        foreach (var a in new[] { trainer, "train", "--data", data, "--out", dir["run"], "--set", "steps=100000", "--set", "checkpoint_interval=0",
+        foreach (var a in new[] { "--default-signal=INT", "dotnet", trainer, "train", "--data", data, "--out", dir["run"], "--set", "steps=100000", "--set", "checkpoint_interval=0",
                                   "--set", "model.block_size=16", "--set", "model.n_embd=16", "--set", "model.n_head=2", "--set", "model.d_qkv=16",
                                   "--set", "model.d_rank=4", "--set", "model.n_layer=1", "--set", "batch=2" })
             psi.ArgumentList.Add(a);

@@ -52,7 +52,12 @@ run)
     export PALM_GOLDEN_DIR="$PWD/$pub/golden" PALM_VK_CACHE_DIR=/tmp/palm-vk-cache
     # PALM_VK_COOPMAT=1: enable VK_NV_cooperative_matrix (off in a default context) to test and time linear_coopmat.
     echo "== conformance"; PALM_VK_COOPMAT=1 timeout 180 "$pub/Palm.Bench" gpu-check
-    echo "== vulkan benchmark"; PALM_VK_COOPMAT=1 timeout 180 "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5 --matmul-tsv "$tsv"
+    # PALM_BENCH_COOP_TILES: linear_coopmat's layouts (SMxSNxFMxFNxBKxSTAGESxAHEAD) timed beside the
+    # one the wrapper picks, from 512³ up: the tuning data for Linear.ChooseCoopMatTile.
+    coop_tiles=2x2x4x4x32x2x1,2x2x4x4x32x2x2,2x2x4x4x32x1x1,2x2x4x4x64x1x1,2x2x4x4x64x1x2,2x2x4x4x16x2x2
+    coop_tiles+=,2x4x4x2x32x2x1,2x4x4x2x32x2x2,4x2x2x4x32x2x2,2x4x4x2x64x1x2,2x4x4x4x16x2x1,2x4x4x4x16x2x2
+    coop_tiles+=,4x2x4x4x16x2x2,4x4x2x2x32x2x2,2x2x2x4x32x2x2,2x2x2x2x32x2x2
+    echo "== vulkan benchmark"; PALM_VK_COOPMAT=1 PALM_BENCH_COOP_TILES=$coop_tiles timeout 240 "$pub/Palm.Bench" gpu --sizes 256,512,1024,4096 --reps 5 --matmul-tsv "$tsv"
     echo "== cuBLAS through PyTorch, same shapes, and ours / cuBLAS"
     PALM_MATMUL_TSV="$tsv" PYTHONUNBUFFERED=1 timeout 150 python3 - <<'PY'
 import csv, os, time, torch

@@ -40,23 +40,27 @@ internal static class Linear
 
     /// <summary>
     /// linear_coopmat's layout: SM x SN subgroups of SG lanes, each owning FM x FN fragments of
-    /// TM x TN (one TM x TN x TK multiply-add of the device); K staged BK at a time.
+    /// TM x TN (one TM x TN x TK multiply-add of the device); K staged BK at a time through
+    /// Stages (1 or 2) shared copies of the operand tiles, fetched Ahead (1 or 2) steps early.
     /// </summary>
-    internal readonly record struct CoopMatTile(uint TM, uint TN, uint TK, uint SM, uint SN, uint FM, uint FN, uint BK, uint SG)
+    internal readonly record struct CoopMatTile(uint TM, uint TN, uint TK, uint SM, uint SN, uint FM, uint FN, uint BK, uint SG, uint Stages = 2, uint Ahead = 1)
     {
         public uint BM => SM * FM * TM;
         public uint BN => SN * FN * TN;
         public uint Threads => SM * SN * SG;
         // Staged halves with rows padded by 8 (see the shader), plus one f32 TM x TN scratch per subgroup.
-        public uint SharedBytes => 2 * (BM + BN) * (BK + 8) + 4 * SM * SN * TM * TN;
+        public uint SharedBytes => 2 * Stages * (BM + BN) * (BK + 8) + 4 * SM * SN * TM * TN;
 
-        /// <summary>Throws unless the shader's assumptions hold (BK a multiple of TK and of 8; whole accumulator elements per lane).</summary>
+        /// <summary>Throws unless the shader's assumptions hold (BK a multiple of TK and of 8; whole accumulator elements per lane; 1 or 2 stages and steps ahead).</summary>
         public void Validate()
         {
             if (TM == 0 || TN == 0 || TK == 0 || SM == 0 || SN == 0 || FM == 0 || FN == 0 || SG == 0 || BK == 0
-                || BK % TK != 0 || BK % 8 != 0 || TK % 8 != 0 || TM * TN % SG != 0)
+                || BK % TK != 0 || BK % 8 != 0 || TK % 8 != 0 || TM * TN % SG != 0 || Stages is not (1 or 2) || Ahead is not (1 or 2))
                 throw new ArgumentException($"invalid cooperative-matrix tile {this}");
         }
+
+        /// <summary>Whether <paramref name="caps"/> can run it (invocations, shared memory).</summary>
+        public bool Fits(GpuCapabilities caps) => Threads <= caps.MaxWorkgroupInvocations && SharedBytes <= caps.MaxSharedMemoryBytes;
     }
 
     // 256 invocations, 64x64 outputs: the usual shape for fp32 SGEMM without tensor cores.
@@ -84,19 +88,31 @@ internal static class Linear
     /// </summary>
     public const int CoopMatMinRows = 32;
 
+    /// <summary>Below this many blocks of the large cooperative-matrix tile, the smaller one (more workgroups to fill the GPU).</summary>
+    internal const int CoopMatLargeFromBlocks = 128;
+
     /// <summary>
-    /// The cooperative-matrix layout for the device's shape: four subgroups, each 64 x 64 of y
-    /// (32 rows when x has fewer than 128), K staged 32 deep. Sized for NVIDIA's 32-lane subgroups
-    /// and 48 KiB of shared memory; unmeasured (the first thing to tune on a GPU).
+    /// The cooperative-matrix layout for the device's shape, K staged 32 deep in two stages: four
+    /// subgroups each owning 64 x 64 of y (a 128 x 128 block) where that still makes at least
+    /// <see cref="CoopMatLargeFromBlocks"/> workgroups; else four subgroups of 32 x 32 (16 rows when
+    /// x has fewer than 128). Sized for NVIDIA's 32-lane subgroups and 48 KiB of shared memory.
     /// </summary>
-    public static CoopMatTile ChooseCoopMatTile(int m, CoopMatShape shape, GpuCapabilities caps)
+    public static CoopMatTile ChooseCoopMatTile(int m, CoopMatShape shape, GpuCapabilities caps, int n = 0)
     {
-        uint rows = m >= 128 ? 64u : 32u;
-        var t = new CoopMatTile(shape.M, shape.N, shape.K, 2, 2, Math.Max(1, rows / shape.M), Math.Max(1, 64 / shape.N), 32, caps.SubgroupSize);
-        if (t.Threads > caps.MaxWorkgroupInvocations || t.SharedBytes > caps.MaxSharedMemoryBytes)
-            t = t with { SM = 1, SN = 1, FM = 1, FN = 1 };
+        var large = LargeCoopMatTile(shape, caps);
+        if ((long)CeilDiv(m, large.BM) * CeilDiv(n, large.BN) >= CoopMatLargeFromBlocks && large.Fits(caps)) return large;
+        uint rows = m >= 128 ? 32u : 16u;
+        var t = new CoopMatTile(shape.M, shape.N, shape.K, 2, 2, Frags(rows, shape.M), Frags(32, shape.N), 32, caps.SubgroupSize);
+        if (!t.Fits(caps)) t = t with { SM = 1, SN = 1, FM = 1, FN = 1, Stages = 1 };
         return t;
     }
+
+    /// <summary>The large layout of <see cref="ChooseCoopMatTile"/>: 2 x 2 subgroups of 64 x 64, BK 32, two stages.</summary>
+    internal static CoopMatTile LargeCoopMatTile(CoopMatShape shape, GpuCapabilities caps) =>
+        new(shape.M, shape.N, shape.K, 2, 2, Frags(64, shape.M), Frags(64, shape.N), 32, caps.SubgroupSize);
+
+    static uint Frags(uint span, uint fragment) => Math.Max(1, span / fragment);
+    static long CeilDiv(int a, uint b) => (a + b - 1) / b;
 
     /// <summary>
     /// Records y = x W^T (relu2 fused when asked). x (M, K) f32, w (N, K) f32 or f16, y (M, N) f32;
@@ -114,7 +130,7 @@ internal static class Linear
         if (x.DType == GpuDType.F16 || (w.DType == GpuDType.F16 && ctx.Options.HalfArithmetic && caps.HalfArithmetic))
         {
             if (caps.CooperativeMatrix is { } shape && m >= CoopMatMinRows)
-                RecordCoopMat(rec, ctx, x, w, relu2, y, ChooseCoopMatTile(m, shape, caps));
+                RecordCoopMat(rec, ctx, x, w, relu2, y, ChooseCoopMatTile(m, shape, caps, n));
             else
                 RecordHalf(rec, ctx, x, w, relu2, y, tile);
             return;
@@ -165,11 +181,14 @@ internal static class Linear
         if (!emulated && caps.CooperativeMatrix != new CoopMatShape(tile.TM, tile.TN, tile.TK))
             throw new NotSupportedException($"linear_coopmat: {caps.DeviceName} offers no usable cooperative matrix of {tile.TM}x{tile.TN}x{tile.TK} " +
                                             $"(chosen: {caps.CooperativeMatrix?.ToString() ?? "none"})");
+        if (!tile.Fits(caps))
+            throw new NotSupportedException($"linear_coopmat tile {tile} needs {tile.Threads} invocations and {tile.SharedBytes} B of shared memory; " +
+                                            $"{caps.DeviceName} allows {caps.MaxWorkgroupInvocations} and {caps.MaxSharedMemoryBytes} B");
         if (tile.SG != caps.SubgroupSize || caps.MinSubgroupSize != caps.MaxSubgroupSize)
             throw new NotSupportedException($"linear_coopmat assumes a fixed subgroup of {tile.SG} lanes; {caps.DeviceName} has {caps.SubgroupSize} [{caps.MinSubgroupSize}..{caps.MaxSubgroupSize}]");
         var shader = (emulated ? "linear_coopmat_emulated" : "linear_coopmat") + (x.DType == GpuDType.F16 ? "_xhalf" : relu2 ? "_relu2" : "");
         var pipeline = ctx.Pipelines.Get(shader, 3, (uint)Marshal.SizeOf<LinearPush>(),
-            tile.TM, tile.TN, tile.TK, tile.SM, tile.SN, tile.FM, tile.FN, tile.BK, tile.SG, tile.Threads);
+            tile.TM, tile.TN, tile.TK, tile.SM, tile.SN, tile.FM, tile.FN, tile.BK, tile.SG, tile.Threads, tile.Stages, tile.Ahead);
         var push = new LinearPush { M = (uint)m, N = (uint)n, K = (uint)k };
         rec.Dispatch(pipeline, [Binding.In(x), Binding.In(w), Binding.Out(y)], push,
             Grid.CeilDiv(n, tile.BN), Grid.CeilDiv(m, tile.BM));

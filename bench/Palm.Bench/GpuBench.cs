@@ -84,7 +84,7 @@ public static class GpuBench
             using var tw = ctx.CreateTensor(w, dtype, n, k);
             using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
             using var rec = new CommandRecorder(ctx);
-            var coopTile = caps.CooperativeMatrix is { } shape ? Linear.ChooseCoopMatTile(m, shape, caps) : default;
+            var coopTile = caps.CooperativeMatrix is { } shape ? Linear.ChooseCoopMatTile(m, shape, caps, n) : default;
             void Record()
             {
                 switch (kernel)
@@ -102,7 +102,7 @@ public static class GpuBench
             {
                 MatMulKernel.F32 => "fp32 (linear)",
                 MatMulKernel.Half => "f16 arithmetic (linear_half_xhalf)",
-                _ => $"coopmat NV {caps.CooperativeMatrix} (linear_coopmat_xhalf)",
+                _ => $"coopmat NV {caps.CooperativeMatrix} (linear_coopmat_xhalf, {coopTile.BM}x{coopTile.BN}x{coopTile.BK}, {coopTile.Threads} inv., {coopTile.Stages} stages)",
             };
             // Past these the kernel is wrong, not imprecise: fp32 and linear_half match their twins'
             // rounding; matrix units may also truncate inside their sums (tests: Tolerance.ForMatrixUnits).
@@ -131,12 +131,37 @@ public static class GpuBench
                 Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} | {err:G2} |");
             }
         }
+        // PALM_BENCH_COOP_TILES=SMxSNxFMxFNxBKxSTAGESxAHEAD,...: also time linear_coopmat with these layouts.
+        if (Environment.GetEnvironmentVariable("PALM_BENCH_COOP_TILES") is { Length: > 0 } coopSpec && m >= 512 && caps.CooperativeMatrix is { } cm)
+        {
+            using var tx = ctx.CreateTensor(x, GpuDType.F16, m, k);
+            using var tw = ctx.CreateTensor(w, GpuDType.F16, n, k);
+            using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
+            using var rec = new CommandRecorder(ctx);
+            foreach (var t in coopSpec.Split(','))
+            {
+                var d = t.Split('x').Select(uint.Parse).ToArray();
+                var tile = new Linear.CoopMatTile(cm.M, cm.N, cm.K, d[0], d[1], d[2], d[3], d[4], caps.SubgroupSize, d[5], d[6]);
+                string label = $"coopmat {tile.BM}x{tile.BN}x{tile.BK} ({t})";
+                if (!tile.Fits(caps)) { Console.WriteLine($"| {m} x {n} x {k} | {label} | too big for this device ({tile.SharedBytes} B shared) | | |"); continue; }
+                try
+                {
+                    double med = MedianSecondsPerMatmul(rec, () => Linear.RecordCoopMat(rec, ctx, tx, tw, false, ty, tile), m, n, k, reps);
+                    var y = new float[m * n];
+                    ty.Download(y);
+                    double err = SampledError(MatMulKernel.CoopMat, x, w, y, m, n, k);
+                    Console.WriteLine($"| {m} x {n} x {k} | {label} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} | {err:G2}{(err > 1e-3 || double.IsNaN(err) ? " WRONG" : "")} |");
+                }
+                catch (Exception e) { Console.WriteLine($"| {m} x {n} x {k} | {label} | failed: {e.GetType().Name}: {e.Message} | | |"); }
+            }
+        }
         return rows;
     }
 
     /// <summary>
     /// Median seconds per matmul: <paramref name="record"/> is recorded enough times per submission
-    /// that submit + wait overhead is amortised, after one untimed submission.
+    /// (at least 2 GFLOP, and at least ~20 ms by a first timed submission) that submit + wait
+    /// overhead is amortised (a 4096³ product takes 0.2-0.5 ms on a big GPU), after untimed ones.
     /// </summary>
     private static double MedianSecondsPerMatmul(CommandRecorder rec, Action record, int m, int n, int k, int reps)
     {
@@ -146,6 +171,10 @@ public static class GpuBench
             for (int i = 0; i < perSubmit; i++) record();
             rec.Submit();
         }
+        Once();
+        var first = Stopwatch.StartNew(); Once();
+        double each = first.Elapsed.TotalSeconds / perSubmit;
+        perSubmit = (int)Math.Clamp(Math.Ceiling(0.02 / Math.Max(each, 1e-7)), perSubmit, Math.Max(perSubmit, 200));
         Once();
         var times = new List<double>();
         for (int r = 0; r < reps; r++) { var sw = Stopwatch.StartNew(); Once(); times.Add(sw.Elapsed.TotalSeconds / perSubmit); }

@@ -87,6 +87,7 @@ public static class GpuCheck
         [
             (1, 1, 1, false, false), (1, 7, 13, true, false), (3, 5, 1, false, true), (33, 97, 131, false, true),
             (65, 129, 33, true, false), (64, 64, 64, false, true), (130, 257, 40, true, false), (300, 200, 136, false, true),
+            (256, 384, 96, true, false), (256, 256, 160, false, true),   // whole blocks and fragments: stores straight to y
         ];
         const ulong seed = 20261128;
         var rng = new Rng(seed);
@@ -104,6 +105,10 @@ public static class GpuCheck
                 : null;
             if (missing is not null) { Console.WriteLine($"SKIP {what}: {missing}"); continue; }
             foreach (var (m, n, k, relu2, xHalf) in cases)
+            // Coopmat: the layout the wrapper picks for the shape and the large one (picked only for
+            // big products, and only where it fits), each on every case.
+            foreach (var tile in coop ? new Linear.CoopMatTile?[] { Linear.ChooseCoopMatTile(m, shape, caps, n), Linear.LargeCoopMatTile(shape, caps) }
+                         .Distinct().Where(t => t!.Value.Fits(caps)) : [null])
             {
                 var x = new float[m * k]; var w = new float[n * k];
                 for (int i = 0; i < x.Length; i++) x[i] = (float)(2 * rng.NextDouble() - 1);
@@ -118,7 +123,7 @@ public static class GpuCheck
                     using var ty = ctx.CreateTensor(y, GpuDType.F32, m, n);
                     using (var rec = new CommandRecorder(ctx))
                     {
-                        if (coop) Linear.RecordCoopMat(rec, ctx, tx, tw, relu2 && !xHalf, ty, Linear.ChooseCoopMatTile(m, shape, caps), emulated);
+                        if (coop) Linear.RecordCoopMat(rec, ctx, tx, tw, relu2 && !xHalf, ty, tile!.Value, emulated);
                         else Linear.RecordHalf(rec, ctx, tx, tw, relu2 && !xHalf, ty);
                         rec.Submit();
                     }
@@ -130,7 +135,7 @@ public static class GpuCheck
                     err = CompareWith(y, want, atol, rtol);
                 }
                 catch (Exception e) { err = e.GetType().Name + ": " + e.Message; }
-                var label = $"{what} M={m} N={n} K={k} relu2={relu2 && !xHalf} xHalf={xHalf} (seed {seed})";
+                var label = $"{what} M={m} N={n} K={k} relu2={relu2 && !xHalf} xHalf={xHalf}{(tile is { } t ? $" tile {t.BM}x{t.BN}x{t.BK}/{t.Stages}" : "")} (seed {seed})";
                 if (err is null) { passed++; Console.WriteLine($"PASS {label}"); }
                 else { failed++; Console.WriteLine($"FAIL {label}: {err}"); }
             }

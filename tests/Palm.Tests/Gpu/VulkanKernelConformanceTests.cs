@@ -82,7 +82,7 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
     protected override void LinearCoopMat(float[] x, float[] w, int M, int N, int K, bool relu2, bool xHalf, float[] y)
     {
         var caps = Ctx.Capabilities;
-        var tile = Kernels.Linear.ChooseCoopMatTile(M, caps.CooperativeMatrix!.Value, caps);
+        var tile = Kernels.Linear.ChooseCoopMatTile(M, caps.CooperativeMatrix!.Value, caps, N);
         Output.WriteLine($"{caps.DeviceName}: cooperative matrix {caps.CooperativeMatrix}, tile {tile}");
         LinearCoopMatWith(x, w, M, N, K, relu2, xHalf, tile, emulated: false, y);
     }
@@ -112,18 +112,25 @@ public sealed class VulkanKernelConformanceTests : KernelConformance, IDisposabl
     /// </summary>
     [ConformanceTheory]
     [RequiresGpuFeature(GpuFeature.HalfArithmetic)]
-    //          M    N    K  relu2  xHalf  TM  TN  TK SM SN FM FN  BK
-    [InlineData(1, 1, 1, false, false, 16, 16, 16, 1, 1, 1, 1, 32)]
-    [InlineData(33, 40, 64, true, false, 16, 16, 16, 2, 1, 1, 2, 32)]    // rows 0-31 interior: vector staging of f32 x and of W
-    [InlineData(64, 64, 64, false, true, 16, 16, 16, 2, 2, 2, 2, 32)]    // one whole block, f16 x as vectors
-    [InlineData(65, 129, 33, false, true, 16, 8, 16, 2, 2, 2, 1, 32)]    // a 16x8 shape; K not a multiple of 8: element staging
-    [InlineData(17, 31, 67, true, false, 16, 16, 16, 2, 2, 1, 1, 16)]
-    [InlineData(130, 48, 40, false, false, 16, 16, 16, 2, 1, 2, 1, 16)]  // BK 16: K in three steps, the last partial
-    [InlineData(130, 40, 264, false, true, 16, 16, 16, 2, 2, 4, 4, 32)]  // the GPU layout (4 x 4 fragments), 9 K steps
+    //          M    N    K  relu2  xHalf  TM  TN  TK SM SN FM FN  BK stages ahead
+    [InlineData(1, 1, 1, false, false, 16, 16, 16, 1, 1, 1, 1, 32, 1, 1)]
+    [InlineData(1, 1, 1, false, false, 16, 16, 16, 1, 1, 1, 1, 32, 2, 2)]   // one step: nothing to fetch ahead
+    [InlineData(33, 40, 64, true, false, 16, 16, 16, 2, 1, 1, 2, 32, 2, 1)]    // rows 0-31 interior: vector fetches of f32 x and of W
+    [InlineData(64, 64, 64, false, true, 16, 16, 16, 2, 2, 2, 2, 32, 1, 1)]    // one whole block, f16 x as vectors
+    [InlineData(64, 64, 64, false, true, 16, 16, 16, 2, 2, 2, 2, 16, 2, 1)]    // the same in four pipelined steps
+    [InlineData(64, 64, 80, false, true, 16, 16, 16, 2, 2, 2, 2, 16, 2, 2)]    // five steps, two fetched ahead
+    [InlineData(65, 129, 33, false, true, 16, 8, 16, 2, 2, 2, 1, 32, 2, 2)]    // a 16x8 shape; K not a multiple of 8: element fetches
+    [InlineData(17, 31, 67, true, false, 16, 16, 16, 2, 2, 1, 1, 16, 1, 2)]    // one stage, two ahead
+    [InlineData(130, 48, 40, false, false, 16, 16, 16, 2, 1, 2, 1, 16, 2, 1)]  // BK 16: K in three steps, the last partial
+    [InlineData(160, 144, 96, true, false, 16, 16, 16, 2, 2, 2, 2, 32, 2, 1)]  // whole fragments stored straight to y (relu2 on them), edge ones through the scratch
+    [InlineData(160, 144, 96, false, true, 16, 16, 16, 2, 2, 2, 2, 32, 1, 2)]
+    [InlineData(64, 66, 32, false, false, 16, 16, 16, 2, 2, 2, 2, 32, 2, 1)]   // N not a multiple of 4: every fragment through the scratch
+    [InlineData(130, 40, 264, false, true, 16, 16, 16, 2, 2, 4, 4, 32, 1, 1)]  // the large GPU layout (4 x 4 fragments), 9 K steps (one stage: lavapipe has 32 KiB of shared memory)
+    [InlineData(130, 40, 264, true, false, 16, 16, 16, 2, 2, 4, 4, 16, 2, 2)]  // 4 x 4 fragments, two stages of BK 16, 17 steps, two ahead
     public void LinearCoopMat_emulated_matches_reference(int M, int N, int K, bool relu2, bool xHalf,
-        int TM, int TN, int TK, int SM, int SN, int FM, int FN, int BK)
+        int TM, int TN, int TK, int SM, int SN, int FM, int FN, int BK, int stages, int ahead)
     {
-        var tile = new Kernels.Linear.CoopMatTile((uint)TM, (uint)TN, (uint)TK, (uint)SM, (uint)SN, (uint)FM, (uint)FN, (uint)BK, Ctx.Capabilities.SubgroupSize);
+        var tile = new Kernels.Linear.CoopMatTile((uint)TM, (uint)TN, (uint)TK, (uint)SM, (uint)SN, (uint)FM, (uint)FN, (uint)BK, Ctx.Capabilities.SubgroupSize, (uint)stages, (uint)ahead);
         var x = Uniform(M * K);
         var w = Uniform(N * K);
         var y = Poisoned(M * N);

@@ -23,7 +23,7 @@ prepare)
     -o "$pub" -v q -nologo
   rm -f "$pub"/*.pdb "$pub"/*.xml
   mkdir -p "$pub/golden"
-  cp ../shared/golden/*.msgpack "$pub/golden/"
+  cp ../shared/golden/*.msgpack tests/golden-edge/*.msgpack "$pub/golden/"
   # The PyTorch peer travels in the (ignored) publish folder: the device machine lacks ../shared.
   cp ../shared/bench/torch_palm_bench.py "$pub/"
   if [[ -n "${PALM_GOLDEN_DIR:-}" ]]; then cp "$PALM_GOLDEN_DIR"/*.msgpack "$pub/golden/"; fi

@@ -3,7 +3,7 @@ namespace Palm.Tests.Golden;
 
 public sealed partial class GoldenCase
 {
-    /// <summary>Every *.msgpack in ../shared/golden and in $PALM_GOLDEN_DIR, as xunit theory data (file paths).</summary>
+    /// <summary>Every *.msgpack in the golden folders (<see cref="Directories"/>), as xunit theory data (file paths).</summary>
     public static TheoryData<string> Files()
     {
         var data = new TheoryData<string>();

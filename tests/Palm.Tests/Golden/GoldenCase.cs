@@ -111,12 +111,17 @@ public sealed partial class GoldenCase
     private static Dictionary<string, Dictionary<string, GoldenTensor>> StateMap(object o) =>
         Map(o).ToDictionary(kv => (string)kv.Key, kv => TensorMap(kv.Value));
 
+    /// <summary>
+    /// The golden folders: ../shared/golden, the repository's tests/golden-edge (edge-case files made
+    /// by the same generator from tests/golden-edge/cases.py) and $PALM_GOLDEN_DIR.
+    /// </summary>
     public static IEnumerable<string> Directories()
     {
         var seen = new HashSet<string>();
         var shared = FindShared();
         var env = Environment.GetEnvironmentVariable("PALM_GOLDEN_DIR");
         if (shared is not null && Directory.Exists(Path.Combine(shared, "golden"))) { var d = Path.GetFullPath(Path.Combine(shared, "golden")); if (seen.Add(d)) yield return d; }
+        if (FindRepoRoot() is { } root && Directory.Exists(Path.Combine(root, "tests", "golden-edge"))) { var d = Path.GetFullPath(Path.Combine(root, "tests", "golden-edge")); if (seen.Add(d)) yield return d; }
         if (!string.IsNullOrEmpty(env))
         {
             if (!Directory.Exists(env)) throw new DirectoryNotFoundException($"PALM_GOLDEN_DIR={env} does not exist");
@@ -128,14 +133,16 @@ public sealed partial class GoldenCase
     /// <summary>The shared/ folder beside the repository root (../shared from the repo).</summary>
     public static string? FindShared()
     {
+        if (FindRepoRoot() is not { } root) return null;
+        var s = Path.Combine(root, "..", "shared");
+        return Directory.Exists(s) ? Path.GetFullPath(s) : null;
+    }
+
+    /// <summary>The repository root (the folder holding Palm.Native.sln) above the test binaries.</summary>
+    public static string? FindRepoRoot()
+    {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Palm.Native.sln")))
-            {
-                var s = Path.Combine(dir.FullName, "..", "shared");
-                return Directory.Exists(s) ? Path.GetFullPath(s) : null;
-            }
-        }
+            if (File.Exists(Path.Combine(dir.FullName, "Palm.Native.sln"))) return dir.FullName;
         return null;
     }
 }

@@ -2,8 +2,11 @@
 // ReferenceBackward + ReferenceOptimizer, float32) from each golden file's parameters and
 // state: checks what one step cannot, that the optimizer state, the reused activation buffers
 // and the first-write/accumulate bookkeeping of shared-block gradients carry across steps.
-// Tolerances: loss atol 1e-5 per step; parameters atol 2e-5 after the last step (two float32
-// implementations whose gradients differ by ~1e-6 relative, through 3 steps of Muon/AdamW).
+// Each step starts the oracle from the device's parameters and state. Tolerances per step: loss
+// atol 1e-5; gradients per tensor 5e-4 max|ref| (the golden one); grad norms within 1e-5 plus
+// the gradients' difference norm; parameters atol 2e-5 and optimizer state 1e-5 max|ref| plus
+// what the gradients' difference carries (two float32 implementations whose gradients differ by
+// ~1e-6 relative on most files and ~1e-4 on ill-conditioned ones).
 using Palm.Gpu.Training;
 using Palm.Gpu.Vulkan;
 using Palm.Gpu.Model;
@@ -62,6 +65,18 @@ public sealed class VulkanTrainingMultiStepTests : IDisposable
         var s = g.Step;
         for (var step = 0; step < Steps; step++)
         {
+            // Each step starts the oracle from the device's parameters and optimizer state: two
+            // float32 trajectories drift apart (an ill-conditioned file's gradients differ by
+            // ~1e-4 relative, and Muon's orthogonalisation passes that on), so comparing steps
+            // from a common point is what checks the device's step k. The state read back here
+            // was itself checked at the end of the step before.
+            if (step > 0)
+                foreach (var p in cpuParams.All)
+                {
+                    gpu.Read(p.Name, ParamSlot.Value).CopyTo(p.Data, 0);
+                    state.M[p.Name] = gpu.Read(p.Name, ParamSlot.M);
+                    if (!p.IsMuon) state.V[p.Name] = gpu.Read(p.Name, ParamSlot.V);
+                }
             long adamStep = s.AdamStep + step;
             var hp = new StepHyper
             {
@@ -69,15 +84,52 @@ public sealed class VulkanTrainingMultiStepTests : IDisposable
                 AdamBeta1 = s.AdamBeta1, AdamBeta2 = s.AdamBeta2, AdamEps = s.AdamEps, Clip = s.Clip,
             };
             var (cpuLoss, grads) = ReferenceBackward.LossAndGradients(new CpuReferenceModel(cpuParams), g.FlatTokens, g.FlatTargets, g.B, g.T);
-            var cpuNorm = ReferenceOptimizer.Step(cpuParams, grads, state, hp, adamStep);
             var r = gpu.Step(g.FlatTokens, g.FlatTargets, g.B, g.T, new GpuStepHyper(hp.MuonLr, hp.AdamLr, hp.WeightDecay, hp.MuonBeta,
                 hp.AdamBeta1, hp.AdamBeta2, hp.AdamEps, hp.Clip, adamStep));
-            output.WriteLine($"{g.Name} step {step}: loss GPU {r.Loss:g9} CPU {cpuLoss:g9}; norm GPU {r.GradNorm:g9} CPU {cpuNorm:g9}");
+            // The two float32 backwards agree within the golden gradient tolerance (5e-4 max|ref|
+            // per tensor; ill-conditioned files reach ~1e-4 on either), and each grad norm is the
+            // norm of its own gradients: so the norms may differ by the gradients' difference norm.
+            // (Compared before the CPU step, which clips its gradients in place; the device keeps
+            // its own unclipped.)
+            double diff = 0;
+            var devGrads = new Dictionary<string, float[]>();
+            foreach (var t in grads.All)
+            {
+                var dev = devGrads[t.Name] = gpu.Read(t.Name, ParamSlot.Grad);
+                Numerics.AssertCloseRelMax(dev, t.Data, GoldenGradientTests.GradRelMax, $"{g.Name} step {step}: GPU grad {t.Name} vs CPU");
+                for (int i = 0; i < dev.Length; i++) diff += Math.Pow((double)dev[i] - t.Data[i], 2);
+            }
+            diff = Math.Sqrt(diff);
+            var cpuGrads = grads.All.ToDictionary(t => t.Name, t => (float[])t.Data.Clone());
+            var cpuNorm = ReferenceOptimizer.Step(cpuParams, grads, state, hp, adamStep);
+            output.WriteLine($"{g.Name} step {step}: loss GPU {r.Loss:g9} CPU {cpuLoss:g9}; norm GPU {r.GradNorm:g9} CPU {cpuNorm:g9}; gradients differ by {diff:g3} in norm");
             Assert.True(Math.Abs(r.Loss - cpuLoss) <= LossAtol, $"{g.Name} step {step}: loss {r.Loss:g9} vs CPU {cpuLoss:g9}");
-            Assert.True(Math.Abs(r.GradNorm - cpuNorm) <= 1e-5 * cpuNorm, $"{g.Name} step {step}: grad norm {r.GradNorm:g9} vs CPU {cpuNorm:g9}");
+            Assert.True(Math.Abs(r.GradNorm - cpuNorm) <= 1e-5 * cpuNorm + diff,
+                $"{g.Name} step {step}: grad norm {r.GradNorm:g9} vs CPU {cpuNorm:g9} (gradients differ by {diff:g3} in norm)");
+
+            // After the step: parameters, and the state the next step starts from (the golden
+            // state tolerance plus what the gradients' difference carries through the update).
+            double Scale(double n) => hp.Clip > 0 ? Math.Min(1, hp.Clip / n) : 1;
+            double dScale = Math.Abs(Scale(r.GradNorm) - Scale(cpuNorm));
+            foreach (var p in cpuParams.All)
+            {
+                Numerics.AssertClose(gpu.Read(p.Name, ParamSlot.Value), p.Data, ParamsAtol, 0, $"{g.Name} params after step {step}: {p.Name}");
+                var cg = cpuGrads[p.Name];
+                double gMax = cg.Max(x => Math.Abs((double)x));
+                double dG = Scale(r.GradNorm) * Numerics.MaxAbsDiff(devGrads[p.Name], cg) + dScale * gMax;
+                double b1 = p.IsMuon ? hp.MuonBeta : hp.AdamBeta1;
+                AssertStateClose(gpu.Read(p.Name, ParamSlot.M), state.M[p.Name], (1 - b1) * dG, $"{g.Name} state after step {step}: {p.Name}.m");
+                if (!p.IsMuon)
+                    AssertStateClose(gpu.Read(p.Name, ParamSlot.V), state.V[p.Name], (1 - hp.AdamBeta2) * (2 * gMax + dG) * dG, $"{g.Name} state after step {step}: {p.Name}.v");
+            }
         }
         Assert.Equal(Steps, gpu.Recorder.Submissions);
-        foreach (var p in cpuParams.All)
-            Numerics.AssertClose(gpu.Read(p.Name, ParamSlot.Value), p.Data, ParamsAtol, 0, $"{g.Name} params after {Steps} steps: {p.Name}");
+    }
+
+    static void AssertStateClose(float[] got, float[] expected, double carried, string what)
+    {
+        double maxRef = expected.Max(x => Math.Abs((double)x));
+        Numerics.AssertClose(got, expected, GoldenOptimizerTests.StateRelMax * maxRef + carried, 0,
+            what + $" (tol {GoldenOptimizerTests.StateRelMax:g3}*max|ref|={GoldenOptimizerTests.StateRelMax * maxRef:g3} + {carried:g3} carried from the gradients' difference)");
     }
 }

@@ -114,48 +114,50 @@ public static class GpuBench
         }
         // PALM_BENCH_TILES=BMxBNxBKxRMxRN,...: also time the fp32 kernel with these tiles (tuning on a GPU).
         if (Environment.GetEnvironmentVariable("PALM_BENCH_TILES") is { Length: > 0 } spec && m >= 512)
-        {
-            using var tx = ctx.CreateTensor(x, GpuDType.F32, m, k);
-            using var tw = ctx.CreateTensor(w, GpuDType.F32, n, k);
-            using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
-            using var rec = new CommandRecorder(ctx);
-            foreach (var t in spec.Split(','))
+            TimeLayouts(ctx, MatMulKernel.F32, spec, x, w, m, n, k, reps, (t, d) =>
             {
-                var d = t.Split('x').Select(uint.Parse).ToArray();
                 var tile = new Linear.Tile(d[0], d[1], d[2], d[3], d[4]);
-                if (tile.Threads > caps.MaxWorkgroupInvocations || tile.SharedBytesOf(4) > caps.MaxSharedMemoryBytes) { Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | too big for this device | | |"); continue; }
-                double med = MedianSecondsPerMatmul(rec, () => Linear.Record(rec, ctx, tx, tw, false, ty, tile), m, n, k, reps);
-                var y = new float[m * n];
-                ty.Download(y);
-                double err = SampledError(MatMulKernel.F32, x, w, y, m, n, k);
-                Console.WriteLine($"| {m} x {n} x {k} | fp32 tile {t} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} | {err:G2} |");
-            }
-        }
+                bool fits = tile.Threads <= caps.MaxWorkgroupInvocations && tile.SharedBytesOf(4) <= caps.MaxSharedMemoryBytes;
+                return ($"fp32 tile {t}", fits ? (rec, tx, tw, ty) => Linear.Record(rec, ctx, tx, tw, false, ty, tile) : null);
+            });
         // PALM_BENCH_COOP_TILES=SMxSNxFMxFNxBKxSTAGESxAHEAD,...: also time linear_coopmat with these layouts.
         if (Environment.GetEnvironmentVariable("PALM_BENCH_COOP_TILES") is { Length: > 0 } coopSpec && m >= 512 && caps.CooperativeMatrix is { } cm)
-        {
-            using var tx = ctx.CreateTensor(x, GpuDType.F16, m, k);
-            using var tw = ctx.CreateTensor(w, GpuDType.F16, n, k);
-            using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
-            using var rec = new CommandRecorder(ctx);
-            foreach (var t in coopSpec.Split(','))
+            TimeLayouts(ctx, MatMulKernel.CoopMat, coopSpec, x, w, m, n, k, reps, (t, d) =>
             {
-                var d = t.Split('x').Select(uint.Parse).ToArray();
                 var tile = new Linear.CoopMatTile(cm.M, cm.N, cm.K, d[0], d[1], d[2], d[3], d[4], caps.SubgroupSize, d[5], d[6]);
-                string label = $"coopmat {tile.BM}x{tile.BN}x{tile.BK} ({t})";
-                if (!tile.Fits(caps)) { Console.WriteLine($"| {m} x {n} x {k} | {label} | too big for this device ({tile.SharedBytes} B shared) | | |"); continue; }
-                try
-                {
-                    double med = MedianSecondsPerMatmul(rec, () => Linear.RecordCoopMat(rec, ctx, tx, tw, false, ty, tile), m, n, k, reps);
-                    var y = new float[m * n];
-                    ty.Download(y);
-                    double err = SampledError(MatMulKernel.CoopMat, x, w, y, m, n, k);
-                    Console.WriteLine($"| {m} x {n} x {k} | {label} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} | {err:G2}{(err > 1e-3 || double.IsNaN(err) ? " WRONG" : "")} |");
-                }
-                catch (Exception e) { Console.WriteLine($"| {m} x {n} x {k} | {label} | failed: {e.GetType().Name}: {e.Message} | | |"); }
-            }
-        }
+                return ($"coopmat {tile.BM}x{tile.BN}x{tile.BK} ({t})", tile.Fits(caps) ? (rec, tx, tw, ty) => Linear.RecordCoopMat(rec, ctx, tx, tw, false, ty, tile) : null);
+            });
         return rows;
+    }
+
+    /// <summary>
+    /// One table row per layout of <paramref name="spec"/> (comma-separated, numbers joined by 'x'):
+    /// <paramref name="layout"/> names it and gives its recorder, or null where the device cannot
+    /// run it. A layout that fails is reported in its row; the others still run.
+    /// </summary>
+    private static void TimeLayouts(VulkanContext ctx, MatMulKernel kernel, string spec, float[] x, float[] w, int m, int n, int k, int reps,
+        Func<string, uint[], (string Label, Action<CommandRecorder, GpuTensor, GpuTensor, GpuTensor>? Record)> layout)
+    {
+        var dtype = kernel == MatMulKernel.F32 ? GpuDType.F32 : GpuDType.F16;
+        using var tx = ctx.CreateTensor(x, dtype, m, k);
+        using var tw = ctx.CreateTensor(w, dtype, n, k);
+        using var ty = ctx.CreateTensor(GpuDType.F32, m, n);
+        using var rec = new CommandRecorder(ctx);
+        foreach (var t in spec.Split(','))
+        {
+            var (label, record) = layout(t, t.Split('x').Select(uint.Parse).ToArray());
+            if (record is null) { Console.WriteLine($"| {m} x {n} x {k} | {label} | too big for this device | | |"); continue; }
+            try
+            {
+                double med = MedianSecondsPerMatmul(rec, () => record(rec, tx, tw, ty), m, n, k, reps);
+                var y = new float[m * n];
+                ty.Download(y);
+                double err = SampledError(kernel, x, w, y, m, n, k);
+                bool bad = err > (kernel == MatMulKernel.CoopMat ? 1e-3 : 1e-4) || double.IsNaN(err);
+                Console.WriteLine($"| {m} x {n} x {k} | {label} | {2.0 * m * n * k / med / 1e9:F2} | {med * 1000:F3} | {err:G2}{(bad ? " WRONG" : "")} |");
+            }
+            catch (Exception e) { Console.WriteLine($"| {m} x {n} x {k} | {label} | failed: {e.GetType().Name}: {e.Message} | | |"); }
+        }
     }
 
     /// <summary>

@@ -3,9 +3,10 @@
 # Idempotent and quiet when everything is present. Run as root (or with sudo available).
 set -euo pipefail
 
-# Vulkan loader, lavapipe (CPU Vulkan driver), validation layer, GLSL compiler; the bundled
+# Vulkan loader, lavapipe (CPU Vulkan driver), validation layer, GLSL compiler, SPIR-V validator
+# (the tests run spirv-val on every embedded shader, also those lavapipe never compiles); the bundled
 # corpus comes from a Debian package so that a machine without internet can train on it.
-PKGS=(libvulkan1 mesa-vulkan-drivers vulkan-validationlayers glslc bible-kjv)
+PKGS=(libvulkan1 mesa-vulkan-drivers vulkan-validationlayers glslc spirv-tools bible-kjv)
 # The C ABI (scripts/build-native.sh): NativeAOT links libpalm.so with gcc; the C sample builds with make.
 PKGS+=(gcc libc6-dev make)
 if [[ "${PALM_SETUP_PEERS:-0}" == "1" ]]; then

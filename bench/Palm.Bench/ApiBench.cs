@@ -205,4 +205,31 @@ public static class ApiBench
                           $"{Ms(1000 * med.Total / med.Tokens)} | {Ms(med.GpuMs)} | {sampled:F0} | {concurrent:F0} | {Ms(gpuConcurrent)} |");
         return med.Tokens / med.Total;
     }
+    /// <summary>
+    /// Usage: <c>first-reply [--warm-up] [--runs 2] [--model PATH]</c>. In this fresh process: load
+    /// the model (default: the built-in one) on the CPU, optionally <see cref="PalmModel.WarmUp"/>,
+    /// then time the first generations (200 tokens of "And God said", default options): what a
+    /// game's first replies cost. Run it several times, alternating with and without --warm-up.
+    /// </summary>
+    public static int FirstReply(string[] args)
+    {
+        bool warm = args.Contains("--warm-up");
+        int runs = args.SkipWhile(a => a != "--runs").Skip(1).Select(int.Parse).FirstOrDefault(2);
+        string path = args.SkipWhile(a => a != "--model").Skip(1).FirstOrDefault() ?? Path.Combine(AppContext.BaseDirectory, "models", "palm-kjv.palm");
+        var clock = Stopwatch.StartNew();
+        using var model = PalmModel.Load(path, new ModelOptions { Backend = Backend.Cpu });
+        var line = new System.Text.StringBuilder($"load {clock.Elapsed.TotalMilliseconds:F0} ms");
+        if (warm) line.Append($"; warm-up {model.WarmUp().TotalMilliseconds:F0} ms");
+        for (int r = 0; r < runs; r++)
+        {
+            using var session = model.CreateSession();
+            var t = Stopwatch.StartNew();
+            double ttft = -1;
+            foreach (var _ in session.GenerateAsync("And God said", new GenerationOptions { MaxTokens = 200, Seed = (ulong)r }).ToBlockingEnumerable())
+                if (ttft < 0) ttft = t.Elapsed.TotalMilliseconds;
+            line.Append($"; reply {r + 1}: TTFT {ttft:F1} ms, {session.LastResult!.GeneratedTokens} tokens in {t.Elapsed.TotalMilliseconds:F1} ms");
+        }
+        Console.WriteLine(line);
+        return 0;
+    }
 }

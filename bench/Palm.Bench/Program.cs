@@ -13,6 +13,7 @@ return which switch
     "gpu-check" => GpuCheck.Run(rest),
     "gpu-train" => GpuBench.Train(rest),
     "api" => ApiBench.Run(rest),
+    "first-reply" => ApiBench.FirstReply(rest),
     "quant" => QuantBench.Run(rest),
     "gpu-sample" => SampleBench.Run(rest),
     _ => Usage(),

@@ -159,21 +159,42 @@ internal static class ChatApp
             }
 
             error.WriteLine("[type text and press Enter; empty line continues, /reset forgets, /quit exits, Ctrl-C stops a generation]");
-            while (true)
+            // While the first line is being typed, the model warms up (PalmModel.WarmUp): without
+            // it the first answers run several times slower while the JIT compiles their code.
+            using var stopWarming = new CancellationTokenSource();
+            var warming = Task.Run(() =>
             {
-                output.Write("> ");
-                output.Flush();
-                var line = await input.ReadLineAsync();
-                if (line is null || line.Trim() == "/quit") break;
-                if (line.Trim() == "/reset")
+                try { model.WarmUp(cancellationToken: stopWarming.Token); }
+                catch (OperationCanceledException) { }
+            });
+            async Task WarmedUp()
+            {
+                stopWarming.Cancel();
+                await warming;
+            }
+            try
+            {
+                while (true)
                 {
-                    session.Reset();
-                    error.WriteLine("[conversation reset]");
-                    continue;
+                    output.Write("> ");
+                    output.Flush();
+                    var line = await input.ReadLineAsync();
+                    await WarmedUp();
+                    if (line is null || line.Trim() == "/quit") break;
+                    if (line.Trim() == "/reset")
+                    {
+                        session.Reset();
+                        error.WriteLine("[conversation reset]");
+                        continue;
+                    }
+                    output.Write(line);
+                    await Generate(session, line.Length == 0 ? "" : line, s, output, error, cancel);
+                    output.WriteLine();
                 }
-                output.Write(line);
-                await Generate(session, line.Length == 0 ? "" : line, s, output, error, cancel);
-                output.WriteLine();
+            }
+            finally
+            {
+                await WarmedUp();
             }
         }
         return 0;

@@ -55,6 +55,48 @@ public sealed class ModelTests
     }
 
     [Fact]
+    public async Task Warm_up_changes_nothing_a_session_sees()
+    {
+        var o = new GenerationOptions { MaxTokens = 16, Seed = 7, LogitBias = M.AsciiOnly };
+        var cont = new GenerationOptions { MaxTokens = 8, LogitBias = M.AsciiOnly };
+        // Reference: the same calls on a model that is never warmed up.
+        string expectFresh, expectContinued;
+        using (var cold = M.Load())
+        {
+            using (var s = cold.CreateSession()) expectFresh = await SessionTests.Collect(s, "The tokens", o);
+            using var c = cold.CreateSession(new SessionOptions { Seed = 3 });
+            await SessionTests.Collect(c, "In the beginning", cont);
+            expectContinued = await SessionTests.Collect(c, " and", cont);
+        }
+        using var model = M.Load();
+        using var open = model.CreateSession(new SessionOptions { Seed = 3 });
+        await SessionTests.Collect(open, "In the beginning", cont);
+        var took = model.WarmUp(TimeSpan.FromSeconds(2));
+        Assert.True(took > TimeSpan.Zero && took < TimeSpan.FromSeconds(4), $"warm-up took {took} for a budget of 2 s");
+        // A session open across the warm-up continues as if there had been none (its state and RNG),
+        // and a new seeded one gives what a cold model gives.
+        Assert.Equal(expectContinued, await SessionTests.Collect(open, " and", cont));
+        using (var s = model.CreateSession()) Assert.Equal(expectFresh, await SessionTests.Collect(s, "The tokens", o));
+    }
+
+    [Fact]
+    public void Warm_up_honours_its_budget_cancellation_and_disposal()
+    {
+        using var model = M.Load();
+        Assert.Throws<ArgumentOutOfRangeException>(() => model.WarmUp(TimeSpan.FromMilliseconds(-1)));
+        using (var cancelled = new CancellationTokenSource())
+        {
+            cancelled.Cancel();
+            Assert.ThrowsAny<OperationCanceledException>(() => model.WarmUp(cancellationToken: cancelled.Token));
+        }
+        // A zero budget ends it at once (within a token), without an exception.
+        var took = model.WarmUp(TimeSpan.Zero);
+        Assert.True(took < TimeSpan.FromSeconds(1), $"a zero budget took {took}");
+        model.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => model.WarmUp());
+    }
+
+    [Fact]
     public async Task A_disposed_model_refuses_new_work()
     {
         var model = M.Load();

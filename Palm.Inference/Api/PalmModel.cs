@@ -190,14 +190,20 @@ public sealed class PalmModel : IDisposable
     /// </summary>
     /// <param name="budget">Most time to spend; checked during each run as well, so it ends within about one token of it.</param>
     /// <param name="cancellationToken">Ends the warm-up early (throws <see cref="OperationCanceledException"/>).</param>
-    /// <returns>How long the warm-up ran.</returns>
+    /// <returns>How long the warm-up ran. Asynchronous (like <see cref="PalmSession.GenerateAsync"/>), so a
+    /// loading screen's thread is not blocked; the two exceptions below are thrown by the call itself.</returns>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="budget"/> is negative.</exception>
     /// <exception cref="ObjectDisposedException">The model was disposed.</exception>
-    public TimeSpan WarmUp(TimeSpan? budget = null, CancellationToken cancellationToken = default)
+    public Task<TimeSpan> WarmUpAsync(TimeSpan? budget = null, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var limit = budget ?? TimeSpan.FromSeconds(3);
         ArgumentOutOfRangeException.ThrowIfLessThan(limit, TimeSpan.Zero, nameof(budget));
+        return WarmUpCore(limit, cancellationToken);
+    }
+
+    private async Task<TimeSpan> WarmUpCore(TimeSpan limit, CancellationToken cancellationToken)
+    {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using var timeUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeUp.CancelAfter(limit);
@@ -238,7 +244,7 @@ public sealed class PalmModel : IDisposable
             try
             {
                 using var session = CreateSession(new SessionOptions { Seed = 1 });
-                foreach (var _ in session.GenerateAsync(kind == 0 ? "The" : prompt, kinds[kind], timeUp.Token).ToBlockingEnumerable(timeUp.Token)) { }
+                await foreach (var _ in session.GenerateAsync(kind == 0 ? "The" : prompt, kinds[kind], timeUp.Token).ConfigureAwait(false)) { }
             }
             catch (OperationCanceledException) when (timeUp.IsCancellationRequested) { }
             // A cancelled generation usually ends early without an exception.

@@ -207,7 +207,7 @@ public static class ApiBench
     }
     /// <summary>
     /// Usage: <c>first-reply [--warm-up] [--runs 2] [--model PATH]</c>. In this fresh process: load
-    /// the model (default: the built-in one) on the CPU, optionally <see cref="PalmModel.WarmUp"/>,
+    /// the model (default: the built-in one) on the CPU, optionally <see cref="PalmModel.WarmUpAsync"/>,
     /// then time the first generations (200 tokens of "And God said", default options): what a
     /// game's first replies cost. Run it several times, alternating with and without --warm-up.
     /// </summary>
@@ -219,7 +219,7 @@ public static class ApiBench
         var clock = Stopwatch.StartNew();
         using var model = PalmModel.Load(path, new ModelOptions { Backend = Backend.Cpu });
         var line = new System.Text.StringBuilder($"load {clock.Elapsed.TotalMilliseconds:F0} ms");
-        if (warm) line.Append($"; warm-up {model.WarmUp().TotalMilliseconds:F0} ms");
+        if (warm) line.Append($"; warm-up {model.WarmUpAsync().GetAwaiter().GetResult().TotalMilliseconds:F0} ms");
         for (int r = 0; r < runs; r++)
         {
             using var session = model.CreateSession();

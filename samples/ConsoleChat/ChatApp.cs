@@ -159,12 +159,12 @@ internal static class ChatApp
             }
 
             error.WriteLine("[type text and press Enter; empty line continues, /reset forgets, /quit exits, Ctrl-C stops a generation]");
-            // While the first line is being typed, the model warms up (PalmModel.WarmUp): without
+            // While the first line is being typed, the model warms up (PalmModel.WarmUpAsync): without
             // it the first answers run several times slower while the JIT compiles their code.
             using var stopWarming = new CancellationTokenSource();
-            var warming = Task.Run(() =>
+            var warming = Task.Run(async () =>
             {
-                try { model.WarmUp(cancellationToken: stopWarming.Token); }
+                try { await model.WarmUpAsync(cancellationToken: stopWarming.Token); }
                 catch (OperationCanceledException) { }
             });
             async Task WarmedUp()

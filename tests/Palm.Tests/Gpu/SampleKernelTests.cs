@@ -91,7 +91,9 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
 
     /// <summary>
     /// Every token the reference picks with top-p, min-p and the uniform each moved by up to
-    /// <see cref="Eps"/>: what float32 rounding may make of this row.
+    /// <see cref="Eps"/>: what float32 rounding may make of this row. For each top-p and min-p, every
+    /// token of the walk between the picks at the lowest and the highest draw, not only those two:
+    /// on a wide flat row (V = 65,536) a draw moved by Eps crosses many tokens.
     /// </summary>
     internal static HashSet<int> Candidates(ReadOnlySpan<float> logits, Kernels.Sample.SampleRow row, ReadOnlySpan<Kernels.Sample.SamplePair> pairs)
     {
@@ -102,14 +104,21 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
         var draws = new[] { row.draw, Math.Max(0f, (float)(row.draw - Eps)), Math.Min(below1, (float)(row.draw + Eps)) };
         foreach (var tp in topPs)
             foreach (var mp in minPs)
+            {
+                int lo = int.MaxValue, hi = -1;
+                int[] order = [];
                 foreach (var d in draws)
                 {
                     var moved = row;
                     moved.topP = tp;
                     moved.minP = mp;
                     moved.draw = d;
-                    set.Add(Kernels.Sample.Reference(logits, moved, pairs));
+                    set.Add(Kernels.Sample.Reference(logits, moved, pairs, out var trace));
+                    order = trace.Order;
+                    if (trace.Chosen >= 0) (lo, hi) = (Math.Min(lo, trace.Chosen), Math.Max(hi, trace.Chosen));
                 }
+                for (int p = lo; p <= hi && p < order.Length; p++) set.Add(order[p]);
+            }
         return set;
     }
 

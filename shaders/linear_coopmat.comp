@@ -167,13 +167,13 @@ void acc_to_scratch(uint f, uint at) { coopMatStoreNV(acc[f], cs, at, TN, false)
 void acc_to_y(uint f, uint at) { coopMatStoreNV(acc[f], y, at, p.N, false); }
 #endif // EMULATE
 
-// Chunk c of a tile with BK / 8 chunks per row: row c / (BK / 8), halves (c % (BK / 8)) * 8 onwards.
+// Eight values rounded to half, packed as one 16-byte chunk (the unit staged to shared memory).
 uvec4 pack8(float v[8]) {
     return uvec4(packFloat2x16(f16vec2(v[0], v[1])), packFloat2x16(f16vec2(v[2], v[3])),
                  packFloat2x16(f16vec2(v[4], v[5])), packFloat2x16(f16vec2(v[6], v[7])));
 }
 
-// x[m0 + r, k0 + c .. + 8] as 8 halves (zeros outside x): one 16-byte load (two for f32 x) where
+// x[gm, gk .. gk + 8) as 8 halves (zeros outside x): one 16-byte load (two for f32 x) where
 // the chunk is inside x and rows start aligned (K a multiple of the vector), elements otherwise.
 uvec4 fetch_x(uint gm, uint gk) {
     if (gm >= p.M) return uvec4(0);
@@ -200,7 +200,8 @@ uvec4 fetch_w(uint gn, uint gk) {
     return pack8(v);
 }
 
-// This invocation's chunks of the K step at k0, into register set r.
+// This invocation's chunks of the K step at k0, into register set r: chunk c of a tile (BK / 8
+// chunks per row) is row c / (BK / 8), halves (c % (BK / 8)) * 8 onwards.
 void load_step(uint m0, uint n0, uint k0, uint tid, uint r) {
     for (uint j = 0; j < RX; j++) {
         const uint c = tid + j * WG;

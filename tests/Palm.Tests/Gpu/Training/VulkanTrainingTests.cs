@@ -77,8 +77,6 @@ public sealed class VulkanTrainingTests : IDisposable
         normErr = Math.Sqrt(normErr);
         Assert.True(Math.Abs(norm - s.GradNorm) <= GradNormRtol * Math.Abs(s.GradNorm) + normErr,
             $"{g.Name} {what}: grad_norm {norm:g9} vs {s.GradNorm:g9} (rel err {Math.Abs(norm - s.GradNorm) / s.GradNorm:g3}; gradients' error norm {normErr:g3})");
-        double Scale(double n) => s.Clip > 0 ? Math.Min(1, s.Clip / n) : 1;
-        double dScale = Math.Abs(Scale(norm) - Scale(s.GradNorm));
         double worstParam = 0;
         foreach (var name in t.Names)
         {
@@ -86,25 +84,40 @@ public sealed class VulkanTrainingTests : IDisposable
             worstParam = Math.Max(worstParam, Numerics.MaxAbsDiff(p, s.ParamsOut[name].Data));
             Numerics.AssertClose(p, s.ParamsOut[name].Data, ParamsOutAtol, 0, $"{g.Name} {what} params_out {name}");
             var so = s.StateOut[name];
-            var gold = g.Grads[name].Data;
-            double gMax = gold.Max(x => Math.Abs((double)x));
-            // Largest error of the clipped gradient sG entering the update.
-            double dG = ownGrads is null ? 0 : Scale(norm) * Numerics.MaxAbsDiff(ownGrads[name], gold) + dScale * gMax;
             bool muon = t.IsMuon(name);
             Assert.Equal(muon, !so.ContainsKey("v"));
-            double b1 = muon ? s.MuonBeta : s.AdamBeta1;
-            AssertStateClose(t.Read(name, ParamSlot.M), so["m"].Data, (1 - b1) * dG, $"{g.Name} {what} state_out {name}.m");
-            if (so.TryGetValue("v", out var v))
-                AssertStateClose(t.Read(name, ParamSlot.V), v.Data, (1 - s.AdamBeta2) * (2 * gMax + dG) * dG, $"{g.Name} {what} state_out {name}.v");
+            AssertStateAfterStep(t.Read(name, ParamSlot.M), so["m"].Data, muon ? null : t.Read(name, ParamSlot.V), so.GetValueOrDefault("v")?.Data,
+                ownGrads?[name], g.Grads[name].Data, ClipScale(s.Clip, norm), ClipScale(s.Clip, s.GradNorm),
+                muon ? s.MuonBeta : s.AdamBeta1, s.AdamBeta2, $"{g.Name} {what} state_out {name}");
         }
         output.WriteLine($"{g.Name} {what}: |grad_norm - golden| / golden {Math.Abs(norm - s.GradNorm) / s.GradNorm:g3}, max |params - params_out| {worstParam:g3}");
+    }
+
+    /// <summary>The clip scale s of the update: min(1, clip / norm), 1 without clipping.</summary>
+    internal static double ClipScale(double clip, double norm) => clip > 0 ? Math.Min(1, clip / norm) : 1;
+
+    /// <summary>
+    /// Optimizer state after a step (m, and v for AdamW) against the expected one, within the
+    /// golden state tolerance (1e-5 max|ref|) plus what the step's gradient error carries through
+    /// the update, M = b M + (1 - b) sG and v = b2 v + (1 - b2) (sG)^2: <paramref name="grad"/> and
+    /// <paramref name="refGrad"/> are the two unclipped gradients with clip scales
+    /// <paramref name="scale"/> and <paramref name="refScale"/>; grad null means none (stored gradients).
+    /// </summary>
+    internal static void AssertStateAfterStep(float[] m, float[] refM, float[]? v, float[]? refV, float[]? grad, float[] refGrad,
+        double scale, double refScale, double b1, double b2, string what)
+    {
+        double gMax = refGrad.Max(x => Math.Abs((double)x));
+        // Largest error of the clipped gradient sG entering the update.
+        double dG = grad is null ? 0 : scale * Numerics.MaxAbsDiff(grad, refGrad) + Math.Abs(scale - refScale) * gMax;
+        AssertStateClose(m, refM, (1 - b1) * dG, what + ".m");
+        if (refV is not null) AssertStateClose(v!, refV, (1 - b2) * (2 * gMax + dG) * dG, what + ".v");
     }
 
     static void AssertStateClose(float[] got, float[] expected, double carried, string what)
     {
         double maxRef = expected.Max(x => Math.Abs((double)x));
         Numerics.AssertClose(got, expected, StateRelMax * maxRef + carried, 0,
-            what + $" (tol {StateRelMax:g3}*max|ref|={StateRelMax * maxRef:g3} + {carried:g3} carried from the gradient's error)");
+            what + $" (tol {StateRelMax:g3}*max|ref|={StateRelMax * maxRef:g3} + {carried:g3} carried from the gradients' error)");
     }
 
     [VulkanTheory, MemberData(nameof(Files))]

@@ -147,7 +147,10 @@ public sealed class PalmModel : IDisposable
     /// <summary>
     /// Bytes of weights the backend holds resident: float32 tensors 4 per parameter, q8/q4 tensors 1 byte
     /// or half a byte per element plus their scales (they stay quantized on both backends); on
-    /// <see cref="Backend.Vulkan"/> the device buffers (each rounded up to 4 bytes).
+    /// <see cref="Backend.Vulkan"/> the device buffers (each rounded up to 4 bytes). On
+    /// <see cref="Backend.Cpu"/> the decoder also holds transposed copies of each block's QKV second
+    /// factor and projection input factor (float32, or q8 levels), which let a token skip the weights
+    /// of inputs that are zero (about half of them); they are counted here.
     /// </summary>
     public long WeightBytes => _backend.WeightBytes;
 

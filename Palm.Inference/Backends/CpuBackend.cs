@@ -2,7 +2,9 @@
 // checked against the reference model). Batched steps run the sequences in parallel, each
 // through its own state, so a sequence's result never depends on what it is batched with.
 // Weights are CpuWeights: a q8/q4 checkpoint's tensors stay quantized (read in place by
-// Cpu/QuantizedMatVec; no float copy exists), so WeightBytes is what the file's tensors hold.
+// Cpu/QuantizedMatVec; no float copy exists). WeightBytes is what the file's tensors hold plus the
+// decoder's transposed copies of the two products that skip zero inputs (FastCpuDecoder: the QKV
+// second factors and projection input factors, float32 or q8 levels as stored).
 using Palm.Inference.Cpu;
 using Palm.Inference.Cpu.Fast;
 using Palm.Inference.Model;
@@ -25,7 +27,7 @@ internal sealed class CpuBackend : IInferenceBackend
         _model = new FastCpuModel(weights);
         _decoder = new FastCpuDecoder(weights);
         Config = weights.Config;
-        WeightBytes = weights.Bytes;
+        WeightBytes = weights.Bytes + _decoder.CopyBytes;
         Description = $"cpu (fast path, {weights.StorageText})" + (reason is null ? "" : $"; {reason}");
     }
 

@@ -19,7 +19,7 @@ public sealed class ModelTests
         Assert.Equal(["read", "hash", "backend", "ready"], stages);
         Assert.Equal(Backend.Cpu, model.Backend);
         Assert.StartsWith("cpu", model.BackendDescription);
-        Assert.Equal(M.Parameters.Count * sizeof(float), model.WeightBytes);
+        Assert.Equal(M.Parameters.Count * 4L + Palm.Tests.Quantization.QuantizedCpuModelTests.CpuDecoderCopyBytes(PalmCheckpoint.FromParameters(M.Parameters)), model.WeightBytes);
         int stateFloats = M.Parameters.Config.Applications * M.Parameters.Config.StateWidth;
         Assert.InRange(model.SessionBytes, stateFloats * 4L, stateFloats * 4L + 64L * M.Parameters.Config.VocabSize + 4096);
         Assert.Equal(64, model.Id.Length);

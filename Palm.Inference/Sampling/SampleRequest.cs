@@ -67,17 +67,10 @@ internal sealed class SampleRequest
             PenaltyPairs = count;
         }
 
-        if (s.LogitBias is { Count: > 0 } bias)
-        {
-            Grow(ref _biasIds, ref _biasValues, bias.Count);
-            int n = 0;
-            // The concrete type's struct enumerator: no allocation per token for the usual dictionary.
-            if (bias is Dictionary<int, float> d)
-                foreach (var (id, b) in d) { _biasIds[n] = id; _biasValues[n++] = b; }
-            else
-                foreach (var (id, b) in bias) { _biasIds[n] = id; _biasValues[n++] = b; }
-            BiasPairs = n;
-        }
+        // The settings' own arrays (flattened once per generation), not copied per token.
+        _biasIds = s.BiasIds;
+        _biasValues = s.BiasValues;
+        BiasPairs = _biasIds.Length;
     }
 
     private static void Grow(ref int[] ids, ref float[] values, int n)

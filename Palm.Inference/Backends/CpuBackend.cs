@@ -16,6 +16,7 @@ internal sealed class CpuBackend : IInferenceBackend
 {
     private readonly FastCpuModel _model;
     private readonly FastCpuDecoder _decoder;
+    private List<AodStateSet>? _sets;   // reused by batched steps (the scheduler makes one call at a time)
 
     /// <param name="weights">Float32 matrices are copied to 64-byte boundaries (CpuWeights.Aligned:
     /// the decoder's kernels stream them ~30% faster, a whole `small` token ~10%); q8/q4 ones are
@@ -61,14 +62,13 @@ internal sealed class CpuBackend : IInferenceBackend
             _decoder.Step(tokens, states[0].Set, logits[..V]);
             return;
         }
-        // A state set shares one position across its batch; sessions sit at different positions,
-        // so each runs as its own batch of one (the decoder keeps per-thread scratch).
-        // The pool's threads already fill the cores, so each step stays on its thread
-        // (bothCores: false; the logits are bit-identical either way).
-        var tok = tokens.ToArray();
-        var outp = new float[B * V];
-        Parallel.For(0, B, b => _decoder.Step(tok.AsSpan(b, 1), states[b].Set, outp.AsSpan(b * V, V), bothCores: false));
-        outp.AsSpan().CopyTo(logits);
+        // Sessions sit at different positions, so each keeps its own batch-1 state; the decoder
+        // steps them together (one group per core reading each weight block once for the group),
+        // and every row is bit-identical to that session's step alone.
+        var sets = _sets ??= [];
+        sets.Clear();
+        for (int b = 0; b < B; b++) sets.Add(states[b].Set);
+        _decoder.StepMany(tokens, sets, logits[..(B * V)]);
     }
 
     public void Dispose() => _decoder.Dispose();

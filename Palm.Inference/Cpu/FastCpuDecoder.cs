@@ -42,7 +42,7 @@ using Palm.Inference.Model;
 
 namespace Palm.Inference.Cpu;
 
-internal sealed class FastCpuDecoder : IDisposable
+internal sealed partial class FastCpuDecoder : IDisposable
 {
     private const int Parts = 2;
 
@@ -397,6 +397,15 @@ internal sealed class FastCpuDecoder : IDisposable
             if (qkvT is not null) qkvT.MatVec(seg * D + j0, w, 0, qkvIn, nzU, s.Qkv.AsSpan(seg * D + j0, w));
             else wQkv.MatVecRows(seg * D + j0, w, qkvIn, s.Qkv.AsSpan(seg * D + j0, w));
         }
+        MixHeads(s, state, app, b, j0, w);
+    }
+
+    // From s.Qkv's q, k, v rows of heads [j0, j0 + w) / hd: QK-norm, RoPE, gate, state update and mix into s.Y.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private unsafe void MixHeads(Scratch s, AodStateSet state, int app, int b, int j0, int w)
+    {
+        int D = _c.DQkv, hd = _c.HeadDim;
+        bool mean = _c.Mix == AodMix.Mean;
         if (Fast.FastAodKernels.Vectorised(hd))
         {
             // One fused pass per head (FastAodKernels.DecodeStep); other head widths below.
@@ -493,6 +502,7 @@ internal sealed class FastCpuDecoder : IDisposable
         while (Interlocked.CompareExchange(ref _teamBusy, 1, 0) != 0) spin.SpinOnce();
         _team?.Dispose();
         _scratch.Dispose();
+        _groupScratch.Dispose();
     }
 
     /// <summary>

@@ -312,3 +312,83 @@ public class FastCpuMatVecTests
         Numerics.AssertClose(y, expected, 1e-6 * k, 1e-5, $"seed {seed} matvec {n}x{k} of stride {ld}");
     }
 }
+
+public class FastCpuDecoderBatchTests
+{
+    public static TheoryData<string, string> Cases()
+    {
+        var d = new TheoryData<string, string>();
+        foreach (var dtype in new[] { "f32", "q8", "q4" })
+        {
+            foreach (string config in ReferenceModelTests.Configs) d.Add(config, dtype);
+            d.Add("small-shaped", dtype);
+        }
+        return d;
+    }
+
+    /// <summary>
+    /// Sessions generating at the same time are stepped together (StepMany): each one's logits and
+    /// state must be the very bits of its step alone, whatever it is batched with and wherever the
+    /// others stand, or a session's text would depend on other sessions.
+    /// </summary>
+    [Theory, MemberData(nameof(Cases))]
+    public void StepManyIsBitIdenticalToEachSequenceAlone(string config, string dtypeName)
+    {
+        ulong seed = TestSeed.Next();
+        var c = config == "small-shaped" ? PalmConfig.Preset("small") with { VocabSize = 300, NLayer = 2 } : ReferenceModelTests.Make(config);
+        var rng = new Rng(seed);
+        var p = ReferenceModelTests.RandomParams(c, rng);
+        CpuWeights weights;
+        if (dtypeName == "f32") weights = CpuWeights.From(p).Aligned();
+        else
+        {
+            Assert.True(TensorDTypes.TryParse(dtypeName, out var dtype));
+            weights = ModelWeights.From(CheckpointQuantizer.Quantize(PalmCheckpoint.FromParameters(p), dtype, null, embedding: true)).ToCpu();
+        }
+        using var dec = new FastCpuDecoder(weights, threads: 1);
+        int V = c.VocabSize;
+        foreach (int B in new[] { 2, 5, 19 })
+        {
+            // Each session at its own position: some history first.
+            var many = Enumerable.Range(0, B).Select(_ => new AodStateSet(c, 1)).ToList();
+            var solo = new List<AodStateSet>();
+            var scratch = new float[V];
+            for (int b = 0; b < B; b++)
+            {
+                for (int t = 0; t < b % 4; t++) dec.Step([rng.NextInt(V)], many[b], scratch);
+                solo.Add(many[b].Clone());
+            }
+            var got = new float[B * V];
+            var want = new float[V];
+            for (int step = 0; step < 3; step++)
+            {
+                var tok = Enumerable.Range(0, B).Select(_ => rng.NextInt(V)).ToArray();
+                got.AsSpan().Fill(float.NaN);
+                dec.StepMany(tok, many, got);
+                for (int b = 0; b < B; b++)
+                {
+                    dec.Step(tok.AsSpan(b, 1), solo[b], want);
+                    for (int i = 0; i < V; i++)
+                        Assert.True(BitConverter.SingleToInt32Bits(want[i]) == BitConverter.SingleToInt32Bits(got[b * V + i]),
+                            $"seed {seed} {config} {dtypeName} B={B} step {step}: sequence {b} logit {i} is {got[b * V + i]:R} batched, {want[i]:R} alone");
+                    Assert.Equal(solo[b].Position, many[b].Position);
+                    for (int a = 0; a < c.Applications; a++) Assert.Equal(solo[b].S[a], many[b].S[a]);
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void StepManyRejectsBadArguments()
+    {
+        var c = ReferenceModelTests.Make("rank-mean-seq");
+        using var dec = new FastCpuDecoder(ReferenceModelTests.RandomParams(c, new Rng(1)), threads: 1);
+        var two = new List<AodStateSet> { new(c, 1), new(c, 1) };
+        int V = c.VocabSize;
+        Assert.Throws<ArgumentException>(() => dec.StepMany([1], two, new float[2 * V]));
+        Assert.Throws<ArgumentException>(() => dec.StepMany([1, 2], two, new float[2 * V - 1]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => dec.StepMany([1, V], two, new float[2 * V]));
+        Assert.Throws<ArgumentException>(() => dec.StepMany([1, 2], [new(c, 1), new(c, 2)], new float[2 * V]));
+        Assert.Equal(0, two[0].Position);   // nothing ran
+    }
+}

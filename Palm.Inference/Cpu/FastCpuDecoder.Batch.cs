@@ -1,0 +1,247 @@
+// Many sequences in one step, each at its own position: the CPU backend's batched step (sessions
+// that generate at the same time). Each sequence goes through exactly the kernel calls of a
+// one-thread batch-1 step (Run with both parts, the same row ranges, the same order of partial
+// sums), so its logits are the same bits whether it runs alone or batched, with any company. What
+// changes is the loop order: every product runs block by block (16 weight rows, or 128 outputs of
+// a transposed matrix, boundaries where the whole call would put them) and every sequence of a
+// group uses a block while it is still in L1, so a group reads the weights once per step instead
+// of once per sequence. One group per core, in parallel.
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+
+namespace Palm.Inference.Cpu;
+
+internal sealed partial class FastCpuDecoder
+{
+    private const int RowBlock = 16, OutChunk = 128;
+    private readonly ThreadLocal<List<Scratch>> _groupScratch = new(() => []);
+
+    /// <summary>
+    /// One token for each of <paramref name="states"/> (batch-1 sets, each at its own position);
+    /// logits (B, V). Each sequence's logits are bit-identical to a batch-1 <see cref="Step(ReadOnlySpan{int}, AodStateSet, Span{float})"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">Counts that disagree, a set that is not batch-1 or not of this model, or a short logits span.</exception>
+    public unsafe void StepMany(ReadOnlySpan<int> tokens, IReadOnlyList<AodStateSet> states, Span<float> logits)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int B = states.Count, V = _c.VocabSize;
+        if (tokens.Length != B) throw new ArgumentException($"expected {B} tokens, got {tokens.Length}", nameof(tokens));
+        if (logits.Length < (long)B * V) throw new ArgumentException($"logits must hold B*V = {(long)B * V} floats", nameof(logits));
+        for (int b = 0; b < B; b++)
+        {
+            if ((uint)tokens[b] >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {tokens[b]} outside [0, {V})");
+            if (states[b].Batch != 1 || states[b].Config != _c) throw new ArgumentException($"state {b} is not a batch-1 state of this model", nameof(states));
+        }
+        if (B == 0) return;
+        if (B == 1) { Step(tokens, states[0], logits[..V]); return; }
+        int groups = Math.Min(B, Environment.ProcessorCount);
+        fixed (int* pt = tokens) fixed (float* pl = logits)
+        {
+            if (groups == 1) RunGroup(0, B, pt, states, pl);
+            else
+            {
+                nint it = (nint)pt, il = (nint)pl;
+                Parallel.For(0, groups, g => RunGroup((int)((long)g * B / groups), (int)((long)(g + 1) * B / groups), (int*)it, states, (float*)il));
+            }
+        }
+        for (int b = 0; b < B; b++) states[b].Position++;
+    }
+
+    // Sequences [b0, b1): Run's steps for (0, Parts) on one thread, interleaved product by product.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private unsafe void RunGroup(int b0, int b1, int* tokens, IReadOnlyList<AodStateSet> states, float* logits)
+    {
+        var c = _c;
+        int G = b1 - b0, C = c.NEmbd, D = c.DQkv, hd = c.HeadDim, half = hd / 2, V = c.VocabSize;
+        var list = _groupScratch.Value!;
+        while (list.Count < G) list.Add(new Scratch(c));
+        var nnzU = G <= 64 ? stackalloc int[G] : new int[G];
+
+        for (int g = 0; g < G; g++)
+        {
+            var s = list[g];
+            long pos = states[b0 + g].Position;
+            for (int j = 0; j < half; j++)
+            {
+                double th = pos * _freq[j];
+                s.Cos[j] = (float)Math.Cos(th);
+                s.Sin[j] = (float)Math.Sin(th);
+            }
+            ReadOnlySpan<float> e = _w.Embed.Row(tokens[b0 + g], s.Er);
+            if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
+            TensorPrimitives.Multiply(e, RmsScale(e), s.X);
+        }
+
+        for (int app = 0; app < c.Applications; app++)
+        {
+            int l = c.BlockOfApplication(app);
+            var bp = _w.Blocks[l];
+            var qkvT = _qkvT[l];
+            var projT = _projT[l];
+            int par = app & 1;
+            for (int g = 0; g < G; g++) TensorPrimitives.Multiply(list[g].X, RmsScale(list[g].X), list[g].H);
+            bool factorized = bp.Qkv.Factorized;
+            int r1 = factorized ? bp.Qkv.W1!.Rows : 0;
+            if (factorized)
+            {
+                Rows(bp.Qkv.W1!, 0, r1, list, G, static s => s.H, static s => s.U);
+                for (int g = 0; g < G; g++)
+                {
+                    var u = list[g].U.AsSpan(0, r1);
+                    TensorPrimitives.Max(u, 0f, u);
+                    TensorPrimitives.Multiply(u, u, u);
+                }
+            }
+            for (int g = 0; g < G; g++)
+                nnzU[g] = qkvT is null ? 0 : SparseMatVec.Nonzero(factorized ? list[g].U.AsSpan(0, r1) : list[g].H, list[g].NzU);
+            var wQkv = factorized ? bp.Qkv.W2! : bp.Qkv.W!;
+            bool ffn = bp.Up is not null;
+            if (ffn && bp.Up!.Factorized) Rows(bp.Up.W1!, 0, bp.Up.W1!.Rows, list, G, static s => s.H, static s => s.Uf);
+            for (int part = 0; part < Parts; part++)
+            {
+                int j0 = _heads[part] * hd, j1 = _heads[part + 1] * hd, w = j1 - j0;
+                if (w > 0)
+                {
+                    for (int seg = 0; seg < 3; seg++)
+                    {
+                        int row0 = seg * D + j0;
+                        if (qkvT is not null)
+                        {
+                            for (int o = 0; o < w; o += OutChunk)
+                            {
+                                int n = Math.Min(OutChunk, w - o);
+                                for (int g = 0; g < G; g++)
+                                {
+                                    var s = list[g];
+                                    qkvT.MatVec(row0 + o, n, 0, factorized ? s.U.AsSpan(0, r1) : s.H, s.NzU.AsSpan(0, nnzU[g]), s.Qkv.AsSpan(row0 + o, n));
+                                }
+                            }
+                        }
+                        else if (factorized) Rows(wQkv, row0, w, list, G, static s => s.U, static s => s.Qkv, yOffset: row0);
+                        else Rows(wQkv, row0, w, list, G, static s => s.H, static s => s.Qkv, yOffset: row0);
+                    }
+                    for (int g = 0; g < G; g++) MixHeads(list[g], states[b0 + g], app, 0, j0, w);
+                }
+                var wp = bp.Proj.Factorized ? bp.Proj.W1! : bp.Proj.W!;
+                for (int g = 0; g < G; g++)
+                {
+                    var s = list[g];
+                    var yIn = s.Y.AsSpan(j0, w);
+                    var P = s.P[par][part].AsSpan(0, wp.Rows);
+                    if (projT is not null) projT.MatVec(0, wp.Rows, j0, yIn, s.NzY.AsSpan(0, SparseMatVec.Nonzero(yIn, s.NzY)), P);
+                    else wp.MatVecCols(j0, w, yIn, P);
+                }
+                if (ffn)
+                {
+                    int F = c.DFfn, f0 = _ffn[part], f1 = _ffn[part + 1], fw = f1 - f0;
+                    var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
+                    for (int g = 0; g < G; g++)
+                    {
+                        // The FFN (absent from the presets) runs sequence by sequence: Run's calls.
+                        var s = list[g];
+                        if (fw > 0)
+                        {
+                            var wUp = bp.Up!.Factorized ? bp.Up.W2! : bp.Up.W!;
+                            ReadOnlySpan<float> upIn = bp.Up.Factorized ? s.Uf.AsSpan(0, bp.Up.W1!.Rows) : s.H;
+                            wUp.MatVecRows(f0, fw, upIn, s.M.AsSpan(f0, fw));
+                            wUp.MatVecRows(F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
+                            var tmp = s.Tmp.AsSpan(f0, fw);
+                            var gate = s.M.AsSpan(F + f0, fw);
+                            TensorPrimitives.Sigmoid(gate, tmp);
+                            TensorPrimitives.Multiply(tmp, gate, tmp);
+                            TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
+                        }
+                        wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), s.P2[par][part].AsSpan(0, wd.Rows));
+                    }
+                }
+            }
+
+            // Run's phase B, sequence by sequence except the second factors' products.
+            if (bp.Proj.Factorized)
+            {
+                int r = bp.Proj.W1!.Rows;
+                for (int g = 0; g < G; g++)
+                {
+                    var P = list[g].P[par];
+                    TensorPrimitives.Add(P[0].AsSpan(0, r), P[1].AsSpan(0, r), list[g].U2.AsSpan(0, r));
+                }
+                Rows(bp.Proj.W2!, 0, 2 * C, list, G, static s => s.U2, static s => s.O, xLength: r);
+            }
+            else
+                for (int g = 0; g < G; g++)
+                {
+                    var s = list[g];
+                    var P = s.P[par];
+                    TensorPrimitives.Add(P[0].AsSpan(0, C), P[1].AsSpan(0, C), s.O.AsSpan(0, C));
+                    TensorPrimitives.Add(P[0].AsSpan(C, C), P[1].AsSpan(C, C), s.O.AsSpan(C, C));
+                }
+            if (ffn && bp.Down!.Factorized)
+            {
+                int r = bp.Down.W1!.Rows;
+                for (int g = 0; g < G; g++)
+                {
+                    var P2 = list[g].P2[par];
+                    TensorPrimitives.Add(P2[0].AsSpan(0, r), P2[1].AsSpan(0, r), list[g].Ud.AsSpan(0, r));
+                }
+                Rows(bp.Down.W2!, 0, C, list, G, static s => s.Ud, static s => s.F, xLength: r);
+            }
+            for (int g = 0; g < G; g++)
+            {
+                var s = list[g];
+                var a = s.O.AsSpan(0, C);
+                var gt = s.O.AsSpan(C, C);
+                var x = s.X.AsSpan();
+                var t = s.Tmp.AsSpan(0, C);
+                TensorPrimitives.Sigmoid(gt, t);
+                TensorPrimitives.Multiply(t, gt, t);
+                TensorPrimitives.FusedMultiplyAdd(a, t, x, x);             // x += a·silu(g)
+                if (ffn)
+                {
+                    var f = s.F.AsSpan();
+                    if (!bp.Down!.Factorized) TensorPrimitives.Add(s.P2[par][0].AsSpan(0, C), s.P2[par][1].AsSpan(0, C), f);
+                    TensorPrimitives.Add(x, f, x);
+                }
+            }
+        }
+
+        // Final norm and unembedding, the vocabulary rows cut into Run's parts.
+        for (int g = 0; g < G; g++) TensorPrimitives.Multiply(list[g].X, RmsScale(list[g].X), list[g].Xf);
+        var un = _w.Unembed;
+        if (un.Factorized) Rows(un.W1!, 0, un.W1!.Rows, list, G, static s => s.Xf, static s => s.U);
+        var wUn = un.Factorized ? un.W2! : un.W!;
+        int inLength = un.Factorized ? un.W1!.Rows : C;
+        for (int part = 0; part < Parts; part++)
+        {
+            int v0 = _vocab[part], v1 = _vocab[part + 1];
+            for (int i = v0; i < v1; i += RowBlock)
+            {
+                int n = Math.Min(RowBlock, v1 - i);
+                // The tail of a part runs as one call, as the whole-range call would take it.
+                if (v1 - i < 2 * RowBlock) n = v1 - i;
+                for (int g = 0; g < G; g++)
+                {
+                    ReadOnlySpan<float> x = un.Factorized ? list[g].U.AsSpan(0, inLength) : list[g].Xf;
+                    wUn.MatVecRows(i, n, x, new Span<float>(logits + (long)(b0 + g) * V + i, n));
+                }
+                if (n > RowBlock) break;
+            }
+        }
+    }
+
+    // y_g[yOffset + i] = (rows [row0, row0 + n) of m) · x_g for every sequence g, 16 rows at a
+    // time: the blocks of one whole MatVecRows(row0, n) call, the last block taking the tail
+    // (fewer than 32 rows) so that the 4-row and single-row passes cover the same rows as there.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rows(CpuMatrix m, int row0, int n, List<Scratch> list, int G, Func<Scratch, float[]> x, Func<Scratch, float[]> y,
+        int yOffset = 0, int xLength = -1)
+    {
+        int k = xLength < 0 ? m.Cols : xLength;
+        for (int i = 0; i < n; i += RowBlock)
+        {
+            int nb = n - i < 2 * RowBlock ? n - i : RowBlock;
+            for (int g = 0; g < G; g++)
+                m.MatVecRows(row0 + i, nb, x(list[g]).AsSpan(0, k), y(list[g]).AsSpan(yOffset + i, nb));
+            if (nb > RowBlock) break;
+        }
+    }
+}

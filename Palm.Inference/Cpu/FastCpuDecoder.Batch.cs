@@ -52,25 +52,12 @@ internal sealed partial class FastCpuDecoder
     private unsafe void RunGroup(int b0, int b1, int* tokens, IReadOnlyList<AodStateSet> states, float* logits)
     {
         var c = _c;
-        int G = b1 - b0, C = c.NEmbd, D = c.DQkv, hd = c.HeadDim, half = hd / 2, V = c.VocabSize;
+        int G = b1 - b0, C = c.NEmbd, D = c.DQkv, hd = c.HeadDim, V = c.VocabSize;
         var list = _groupScratch.Value!;
         while (list.Count < G) list.Add(new Scratch(c));
         var nnzU = G <= 64 ? stackalloc int[G] : new int[G];
 
-        for (int g = 0; g < G; g++)
-        {
-            var s = list[g];
-            long pos = states[b0 + g].Position;
-            for (int j = 0; j < half; j++)
-            {
-                double th = pos * _freq[j];
-                s.Cos[j] = (float)Math.Cos(th);
-                s.Sin[j] = (float)Math.Sin(th);
-            }
-            ReadOnlySpan<float> e = _w.Embed.Row(tokens[b0 + g], s.Er);
-            if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
-            TensorPrimitives.Multiply(e, RmsScale(e), s.X);
-        }
+        for (int g = 0; g < G; g++) BeginToken(list[g], states[b0 + g].Position, tokens[b0 + g]);
 
         for (int app = 0; app < c.Applications; app++)
         {
@@ -131,77 +118,15 @@ internal sealed partial class FastCpuDecoder
                     if (projT is not null) projT.MatVec(0, wp.Rows, j0, yIn, s.NzY.AsSpan(0, SparseMatVec.Nonzero(yIn, s.NzY)), P);
                     else wp.MatVecCols(j0, w, yIn, P);
                 }
-                if (ffn)
-                {
-                    int F = c.DFfn, f0 = _ffn[part], f1 = _ffn[part + 1], fw = f1 - f0;
-                    var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
-                    for (int g = 0; g < G; g++)
-                    {
-                        // The FFN (absent from the presets) runs sequence by sequence: Run's calls.
-                        var s = list[g];
-                        if (fw > 0)
-                        {
-                            var wUp = bp.Up!.Factorized ? bp.Up.W2! : bp.Up.W!;
-                            ReadOnlySpan<float> upIn = bp.Up.Factorized ? s.Uf.AsSpan(0, bp.Up.W1!.Rows) : s.H;
-                            wUp.MatVecRows(f0, fw, upIn, s.M.AsSpan(f0, fw));
-                            wUp.MatVecRows(F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
-                            var tmp = s.Tmp.AsSpan(f0, fw);
-                            var gate = s.M.AsSpan(F + f0, fw);
-                            TensorPrimitives.Sigmoid(gate, tmp);
-                            TensorPrimitives.Multiply(tmp, gate, tmp);
-                            TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
-                        }
-                        wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), s.P2[par][part].AsSpan(0, wd.Rows));
-                    }
-                }
+                // The FFN (absent from the presets) runs sequence by sequence: Run's calls.
+                if (ffn) for (int g = 0; g < G; g++) FfnPart(list[g], bp, part, list[g].P2[par][part]);
             }
 
             // Run's phase B, sequence by sequence except the second factors' products.
-            if (bp.Proj.Factorized)
-            {
-                int r = bp.Proj.W1!.Rows;
-                for (int g = 0; g < G; g++)
-                {
-                    var P = list[g].P[par];
-                    TensorPrimitives.Add(P[0].AsSpan(0, r), P[1].AsSpan(0, r), list[g].U2.AsSpan(0, r));
-                }
-                Rows(bp.Proj.W2!, 0, 2 * C, list, G, static s => s.U2, static s => s.O, xLength: r);
-            }
-            else
-                for (int g = 0; g < G; g++)
-                {
-                    var s = list[g];
-                    var P = s.P[par];
-                    TensorPrimitives.Add(P[0].AsSpan(0, C), P[1].AsSpan(0, C), s.O.AsSpan(0, C));
-                    TensorPrimitives.Add(P[0].AsSpan(C, C), P[1].AsSpan(C, C), s.O.AsSpan(C, C));
-                }
-            if (ffn && bp.Down!.Factorized)
-            {
-                int r = bp.Down.W1!.Rows;
-                for (int g = 0; g < G; g++)
-                {
-                    var P2 = list[g].P2[par];
-                    TensorPrimitives.Add(P2[0].AsSpan(0, r), P2[1].AsSpan(0, r), list[g].Ud.AsSpan(0, r));
-                }
-                Rows(bp.Down.W2!, 0, C, list, G, static s => s.Ud, static s => s.F, xLength: r);
-            }
-            for (int g = 0; g < G; g++)
-            {
-                var s = list[g];
-                var a = s.O.AsSpan(0, C);
-                var gt = s.O.AsSpan(C, C);
-                var x = s.X.AsSpan();
-                var t = s.Tmp.AsSpan(0, C);
-                TensorPrimitives.Sigmoid(gt, t);
-                TensorPrimitives.Multiply(t, gt, t);
-                TensorPrimitives.FusedMultiplyAdd(a, t, x, x);             // x += a·silu(g)
-                if (ffn)
-                {
-                    var f = s.F.AsSpan();
-                    if (!bp.Down!.Factorized) TensorPrimitives.Add(s.P2[par][0].AsSpan(0, C), s.P2[par][1].AsSpan(0, C), f);
-                    TensorPrimitives.Add(x, f, x);
-                }
-            }
+            for (int g = 0; g < G; g++) SumPartials(list[g], bp, list[g].P[par], list[g].P2[par]);
+            if (bp.Proj.Factorized) Rows(bp.Proj.W2!, 0, 2 * C, list, G, static s => s.U2, static s => s.O, xLength: bp.Proj.W1!.Rows);
+            if (ffn && bp.Down!.Factorized) Rows(bp.Down.W2!, 0, C, list, G, static s => s.Ud, static s => s.F, xLength: bp.Down.W1!.Rows);
+            for (int g = 0; g < G; g++) ResidualUpdate(list[g], bp, list[g].P2[par]);
         }
 
         // Final norm and unembedding, the vocabulary rows cut into Run's parts.

@@ -249,22 +249,12 @@ internal sealed partial class FastCpuDecoder : IDisposable
     private unsafe void Run(in Job job, Scratch s, Scratch sh, int p0, int p1, DecodeTeam? team, int tid)
     {
         var c = _c;
-        int C = c.NEmbd, hd = c.HeadDim, half = hd / 2;
+        int C = c.NEmbd, hd = c.HeadDim;
         var state = job.State;
         int b = job.B;
 
-        long pos = state.Position;
-        for (int j = 0; j < half; j++)
-        {
-            double th = pos * _freq[j];
-            s.Cos[j] = (float)Math.Cos(th);
-            s.Sin[j] = (float)Math.Sin(th);
-        }
-
-        // Embedding (+ projection) and the input norm, whole in every thread.
-        ReadOnlySpan<float> e = _w.Embed.Row(job.Token, s.Er);
-        if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
-        TensorPrimitives.Multiply(e, RmsScale(e), s.X);
+        // RoPE angles, embedding (+ projection) and the input norm, whole in every thread.
+        BeginToken(s, state.Position, job.Token);
 
         for (int app = 0; app < c.Applications; app++)
         {
@@ -305,64 +295,16 @@ internal sealed partial class FastCpuDecoder : IDisposable
                     projT.MatVec(0, wp.Rows, j0, yIn, s.NzY.AsSpan(0, nzY), P[part].AsSpan(0, wp.Rows));
                 }
                 else wp.MatVecCols(j0, w, s.Y.AsSpan(j0, w), P[part].AsSpan(0, wp.Rows));
-                if (ffn)
-                {
-                    int F = c.DFfn, f0 = _ffn[part], f1 = _ffn[part + 1], fw = f1 - f0;
-                    if (fw > 0)
-                    {
-                        var wUp = bp.Up!.Factorized ? bp.Up.W2! : bp.Up.W!;
-                        ReadOnlySpan<float> upIn = bp.Up.Factorized ? s.Uf.AsSpan(0, bp.Up.W1!.Rows) : s.H;
-                        wUp.MatVecRows(f0, fw, upIn, s.M.AsSpan(f0, fw));
-                        wUp.MatVecRows(F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
-                        var tmp = s.Tmp.AsSpan(f0, fw);
-                        var gate = s.M.AsSpan(F + f0, fw);
-                        TensorPrimitives.Sigmoid(gate, tmp);
-                        TensorPrimitives.Multiply(tmp, gate, tmp);
-                        TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
-                    }
-                    var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
-                    wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), P2[part].AsSpan(0, wd.Rows));
-                }
+                if (ffn) FfnPart(s, bp, part, P2[part]);
             }
             team?.Barrier(tid);
 
             // Phase B, whole in every thread: partial sums added in part order (so the thread count
             // never changes a bit), then the residual update of every channel.
-            ReadOnlySpan<float> projU = default, downU = default;
-            if (bp.Proj.Factorized)
-            {
-                int r = bp.Proj.W1!.Rows;
-                TensorPrimitives.Add(P[0].AsSpan(0, r), P[1].AsSpan(0, r), s.U2.AsSpan(0, r));
-                projU = s.U2.AsSpan(0, r);
-            }
-            if (ffn && bp.Down!.Factorized)
-            {
-                int r = bp.Down.W1!.Rows;
-                TensorPrimitives.Add(P2[0].AsSpan(0, r), P2[1].AsSpan(0, r), s.Ud.AsSpan(0, r));
-                downU = s.Ud.AsSpan(0, r);
-            }
-            {
-                var a = s.O.AsSpan(0, C);
-                var gt = s.O.AsSpan(C, C);
-                if (bp.Proj.Factorized) bp.Proj.W2!.MatVec(projU, s.O.AsSpan(0, 2 * C));
-                else
-                {
-                    TensorPrimitives.Add(P[0].AsSpan(0, C), P[1].AsSpan(0, C), a);
-                    TensorPrimitives.Add(P[0].AsSpan(C, C), P[1].AsSpan(C, C), gt);
-                }
-                var x = s.X.AsSpan();
-                var t = s.Tmp.AsSpan(0, C);
-                TensorPrimitives.Sigmoid(gt, t);
-                TensorPrimitives.Multiply(t, gt, t);
-                TensorPrimitives.FusedMultiplyAdd(a, t, x, x);             // x += a·silu(g)
-                if (ffn)
-                {
-                    var f = s.F.AsSpan();
-                    if (bp.Down!.Factorized) bp.Down.W2!.MatVec(downU, f);
-                    else TensorPrimitives.Add(P2[0].AsSpan(0, C), P2[1].AsSpan(0, C), f);
-                    TensorPrimitives.Add(x, f, x);
-                }
-            }
+            SumPartials(s, bp, P, P2);
+            if (bp.Proj.Factorized) bp.Proj.W2!.MatVec(s.U2.AsSpan(0, bp.Proj.W1!.Rows), s.O.AsSpan(0, 2 * C));
+            if (ffn && bp.Down!.Factorized) bp.Down.W2!.MatVec(s.Ud.AsSpan(0, bp.Down.W1!.Rows), s.F);
+            ResidualUpdate(s, bp, P2);
         }
 
         // Final norm and unembedding: each part writes its vocabulary rows.
@@ -383,6 +325,88 @@ internal sealed partial class FastCpuDecoder : IDisposable
         }
         // The caller returns (and may reuse the logits and state) only after both parts are done.
         team?.Barrier(tid);
+    }
+
+    // A token's start: its RoPE angles at pos into s.Cos/s.Sin, its embedding (+ projection),
+    // normalised, into the residual stream s.X.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void BeginToken(Scratch s, long pos, int token)
+    {
+        for (int j = 0; j < _c.HeadDim / 2; j++)
+        {
+            double th = pos * _freq[j];
+            s.Cos[j] = (float)Math.Cos(th);
+            s.Sin[j] = (float)Math.Sin(th);
+        }
+        ReadOnlySpan<float> e = _w.Embed.Row(token, s.Er);
+        if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
+        TensorPrimitives.Multiply(e, RmsScale(e), s.X);
+    }
+
+    // The FFN's channels of one part: up products and SwiGLU gate into s.Z, then the down
+    // projection's partial sum over those channels into p2.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void FfnPart(Scratch s, CpuBlock bp, int part, float[] p2)
+    {
+        int F = _c.DFfn, f0 = _ffn[part], fw = _ffn[part + 1] - f0;
+        if (fw > 0)
+        {
+            var wUp = bp.Up!.Factorized ? bp.Up.W2! : bp.Up.W!;
+            ReadOnlySpan<float> upIn = bp.Up.Factorized ? s.Uf.AsSpan(0, bp.Up.W1!.Rows) : s.H;
+            wUp.MatVecRows(f0, fw, upIn, s.M.AsSpan(f0, fw));
+            wUp.MatVecRows(F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
+            var tmp = s.Tmp.AsSpan(f0, fw);
+            var gate = s.M.AsSpan(F + f0, fw);
+            TensorPrimitives.Sigmoid(gate, tmp);
+            TensorPrimitives.Multiply(tmp, gate, tmp);
+            TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
+        }
+        var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
+        wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), p2.AsSpan(0, wd.Rows));
+    }
+
+    // The parts' partial sums, added in part order: the projection's into s.U2 (factorized; its
+    // second factor is the caller's) or straight into s.O, the FFN down projection's into s.Ud
+    // (factorized; else ResidualUpdate adds them).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void SumPartials(Scratch s, CpuBlock bp, float[][] P, float[][] P2)
+    {
+        int C = _c.NEmbd;
+        if (bp.Proj.Factorized)
+        {
+            int r = bp.Proj.W1!.Rows;
+            TensorPrimitives.Add(P[0].AsSpan(0, r), P[1].AsSpan(0, r), s.U2.AsSpan(0, r));
+        }
+        else
+        {
+            TensorPrimitives.Add(P[0].AsSpan(0, C), P[1].AsSpan(0, C), s.O.AsSpan(0, C));
+            TensorPrimitives.Add(P[0].AsSpan(C, C), P[1].AsSpan(C, C), s.O.AsSpan(C, C));
+        }
+        if (bp.Down is { Factorized: true } down)
+        {
+            int r = down.W1!.Rows;
+            TensorPrimitives.Add(P2[0].AsSpan(0, r), P2[1].AsSpan(0, r), s.Ud.AsSpan(0, r));
+        }
+    }
+
+    // x += a·silu(g) from s.O, then the FFN's output (s.F when factorized, else the parts' sums).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void ResidualUpdate(Scratch s, CpuBlock bp, float[][] P2)
+    {
+        int C = _c.NEmbd;
+        var a = s.O.AsSpan(0, C);
+        var gt = s.O.AsSpan(C, C);
+        var x = s.X.AsSpan();
+        var t = s.Tmp.AsSpan(0, C);
+        TensorPrimitives.Sigmoid(gt, t);
+        TensorPrimitives.Multiply(t, gt, t);
+        TensorPrimitives.FusedMultiplyAdd(a, t, x, x);             // x += a·silu(g)
+        if (bp.Down is { } down)
+        {
+            var f = s.F.AsSpan();
+            if (!down.Factorized) TensorPrimitives.Add(P2[0].AsSpan(0, C), P2[1].AsSpan(0, C), f);
+            TensorPrimitives.Add(x, f, x);
+        }
     }
 
     // q, k, v rows of heads [j0, j0 + w) / hd, then QK-norm, RoPE, gate, state update and mix.

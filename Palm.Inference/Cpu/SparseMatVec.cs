@@ -19,23 +19,25 @@ namespace Palm.Inference.Cpu;
 
 /// <summary>
 /// A matrix W (rows, cols) stored transposed (cols rows of <c>rows</c> elements, at a 64-byte
-/// boundary in a pinned array) for <see cref="SparseMatVec"/>: float32, or q8 with one scale per
-/// row of W (the q8 default), kept as int8 levels with the scales applied once per output.
+/// boundary in a pinned array) for <see cref="SparseMatVec"/>: float32, or the int8 levels of a q8
+/// or q4 tensor with its scales laid out by group ([group][row]; a q8 tensor with one scale per
+/// row, the default, keeps its own scales), applied once per group of inputs.
 /// </summary>
 internal sealed class TransposedMatrix
 {
     private readonly float[]? _f32;
-    private readonly sbyte[]? _q8;
-    private readonly ReadOnlyMemory<byte> _scales;   // q8: the tensor's own float32 scales, one per row of W
-    private readonly int _off;
+    private readonly sbyte[]? _levels;
+    private readonly ReadOnlyMemory<byte> _scales;   // quantized: float32 [group][row]
+    private readonly int _off, _groupSize;
+    private readonly bool _ownScales;
 
-    /// <summary>Whether <paramref name="w"/> can be held transposed: float32, or q8 with one scale per
-    /// row where AVX-512 runs (elsewhere the dense q8 kernels are faster than a scalar sparse one).</summary>
+    /// <summary>Whether <paramref name="w"/> can be held transposed: float32 anywhere; q8 or q4 where
+    /// AVX-512 runs (elsewhere the dense quantized kernels beat a scalar sparse one).</summary>
     public static bool Supports(CpuMatrix w) =>
-        w.IsFloat32 || (Avx512F.IsSupported && w.Quantized is { DType: TensorDType.Q8 } q && q.GroupSize == w.Cols);
+        w.IsFloat32 || (Avx512F.IsSupported && w.Quantized is { DType: TensorDType.Q8 or TensorDType.Q4 });
 
     /// <summary>Copies and transposes <paramref name="w"/>.</summary>
-    /// <exception cref="ArgumentException">q4, or q8 with more than one scale per row.</exception>
+    /// <exception cref="ArgumentException">A quantized type other than q8 and q4.</exception>
     public TransposedMatrix(CpuMatrix w)
     {
         (Rows, Cols) = (w.Rows, w.Cols);
@@ -45,14 +47,27 @@ internal sealed class TransposedMatrix
             unsafe { fixed (float* p = _f32) _off = (int)((64 - ((nint)p & 63)) & 63) / 4; }
             Transpose(w.Float32Span, _f32.AsSpan(_off, Rows * Cols));
         }
-        else if (w.Quantized is { DType: TensorDType.Q8 } q && q.GroupSize == w.Cols)
+        else if (w.Quantized is { DType: TensorDType.Q8 or TensorDType.Q4 } q)
         {
-            _q8 = GC.AllocateUninitializedArray<sbyte>(Rows * Cols + 63, pinned: true);
-            unsafe { fixed (sbyte* p = _q8) _off = (int)((64 - ((nint)p & 63)) & 63); }
-            Transpose(MemoryMarshal.Cast<byte, sbyte>(q.Data.Span), _q8.AsSpan(_off, Rows * Cols));
-            _scales = q.Scales;
+            _groupSize = q.GroupSize;
+            _levels = GC.AllocateUninitializedArray<sbyte>(Rows * Cols + 63, pinned: true);
+            unsafe { fixed (sbyte* p = _levels) _off = (int)((64 - ((nint)p & 63)) & 63); }
+            var dst = _levels.AsSpan(_off, Rows * Cols);
+            for (int i = 0; i < Rows; i++)
+                for (int j = 0; j < Cols; j++)
+                    dst[j * Rows + i] = (sbyte)q.Level(i * Cols + j);
+            int groups = Cols / _groupSize;
+            if (q.DType == TensorDType.Q8 && groups == 1) _scales = q.Scales;   // already [0][row]
+            else
+            {
+                var sc = new float[groups * Rows];
+                for (int i = 0; i < Rows; i++)
+                    for (int g = 0; g < groups; g++) sc[g * Rows + i] = q.GetScale(i * groups + g);
+                _scales = MemoryMarshal.AsBytes(sc.AsSpan()).ToArray();
+                _ownScales = true;
+            }
         }
-        else throw new ArgumentException($"{w.Name}: only float32 and q8 with one scale per row are held transposed", nameof(w));
+        else throw new ArgumentException($"{w.Name}: only float32, q8 and q4 matrices are held transposed", nameof(w));
     }
 
     private void Transpose<T>(ReadOnlySpan<T> src, Span<T> dst)
@@ -66,8 +81,10 @@ internal sealed class TransposedMatrix
     public int Rows { get; }
     /// <summary>Columns of the original matrix (inputs).</summary>
     public int Cols { get; }
-    /// <summary>Bytes this copy adds: 4 an element, or 1 for q8 (whose scales are the tensor's own, shared).</summary>
-    public long Bytes => (_f32 is not null ? 4L : 1L) * Rows * Cols;
+    /// <summary>Bytes this copy adds: 4 an element; quantized 1 an element plus the scales by group
+    /// (none for q8 with one scale per row: its own are shared).</summary>
+    public long Bytes => _f32 is not null ? 4L * Rows * Cols
+        : Rows * (long)Cols + (_ownScales ? _scales.Length : 0);
 
     /// <summary>
     /// y (n) = W[row0 .. row0 + n, col0 .. col0 + k) · x (k), reading only the weights of the
@@ -87,8 +104,9 @@ internal sealed class TransposedMatrix
             if (_f32 is not null)
                 fixed (float* pt = _f32) SparseMatVec.Accumulate(pt + _off + (long)col0 * Rows + row0, Rows, px, pi, nonzero.Length, n, py);
             else
-                fixed (sbyte* pt = _q8) fixed (byte* ps = _scales.Span)
-                    SparseMatVec.AccumulateQ8(pt + _off + (long)col0 * Rows + row0, Rows, px, pi, nonzero.Length, n, (float*)ps + row0, py);
+                fixed (sbyte* pt = _levels) fixed (byte* ps = _scales.Span)
+                    SparseMatVec.AccumulateQuantized(pt + _off + (long)col0 * Rows + row0, Rows, px, pi, nonzero.Length, n,
+                        (float*)ps + row0, Rows, col0, _groupSize, py);
         }
     }
 }
@@ -235,46 +253,68 @@ internal static class SparseMatVec
     }
 
     /// <summary>
-    /// As <see cref="Accumulate"/> for int8 levels: y[o] = scale[o] · Σ over t of x[idx[t]] ·
-    /// level[idx[t] * ld + o], the sum one chain per output in t order, scaled once at the end.
+    /// As <see cref="Accumulate"/> for int8 levels with scales by group of <paramref name="groupSize"/>
+    /// inputs (input idx[t] is column col0 + idx[t] of W): per group, the levels times x are one
+    /// chain per output in t order; each group's sum times its scale is added to the output's
+    /// total (one FMA) in group order. scale[g * scaleStride + o] is output o's scale in group g.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static unsafe void AccumulateQ8(sbyte* qt, long ld, float* x, int* idx, int nnz, int n, float* scale, float* y)
+    public static unsafe void AccumulateQuantized(sbyte* qt, long ld, float* x, int* idx, int nnz, int n,
+        float* scale, long scaleStride, int col0, int groupSize, float* y)
     {
         int o = 0;
         if (Avx512F.IsSupported)
         {
             for (; o + 64 <= n; o += 64)
             {
-                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (int t = 0; t < nnz; t++)
+                Vector512<float> s0 = default, s1 = default, s2 = default, s3 = default;
+                for (int t = 0; t < nnz;)
                 {
-                    int j = idx[t];
-                    var s = Vector512.Create(x[j]);
-                    sbyte* r = qt + j * ld + o;
-                    a0 = Avx512F.FusedMultiplyAdd(Levels(r), s, a0);
-                    a1 = Avx512F.FusedMultiplyAdd(Levels(r + 16), s, a1);
-                    a2 = Avx512F.FusedMultiplyAdd(Levels(r + 32), s, a2);
-                    a3 = Avx512F.FusedMultiplyAdd(Levels(r + 48), s, a3);
+                    int g = (col0 + idx[t]) / groupSize, end = (g + 1) * groupSize - col0;
+                    Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                    for (; t < nnz && idx[t] < end; t++)
+                    {
+                        int j = idx[t];
+                        var xv = Vector512.Create(x[j]);
+                        sbyte* r = qt + j * ld + o;
+                        a0 = Avx512F.FusedMultiplyAdd(Levels(r), xv, a0);
+                        a1 = Avx512F.FusedMultiplyAdd(Levels(r + 16), xv, a1);
+                        a2 = Avx512F.FusedMultiplyAdd(Levels(r + 32), xv, a2);
+                        a3 = Avx512F.FusedMultiplyAdd(Levels(r + 48), xv, a3);
+                    }
+                    float* sc = scale + g * scaleStride + o;
+                    s0 = Avx512F.FusedMultiplyAdd(a0, Vector512.Load(sc), s0);
+                    s1 = Avx512F.FusedMultiplyAdd(a1, Vector512.Load(sc + 16), s1);
+                    s2 = Avx512F.FusedMultiplyAdd(a2, Vector512.Load(sc + 32), s2);
+                    s3 = Avx512F.FusedMultiplyAdd(a3, Vector512.Load(sc + 48), s3);
                 }
-                Avx512F.Multiply(a0, Vector512.Load(scale + o)).Store(y + o);
-                Avx512F.Multiply(a1, Vector512.Load(scale + o + 16)).Store(y + o + 16);
-                Avx512F.Multiply(a2, Vector512.Load(scale + o + 32)).Store(y + o + 32);
-                Avx512F.Multiply(a3, Vector512.Load(scale + o + 48)).Store(y + o + 48);
+                s0.Store(y + o); s1.Store(y + o + 16); s2.Store(y + o + 32); s3.Store(y + o + 48);
             }
             for (; o + 16 <= n; o += 16)
             {
-                var a = Vector512<float>.Zero;
-                for (int t = 0; t < nnz; t++)
-                    a = Avx512F.FusedMultiplyAdd(Levels(qt + idx[t] * ld + o), Vector512.Create(x[idx[t]]), a);
-                Avx512F.Multiply(a, Vector512.Load(scale + o)).Store(y + o);
+                var s0 = Vector512<float>.Zero;
+                for (int t = 0; t < nnz;)
+                {
+                    int g = (col0 + idx[t]) / groupSize, end = (g + 1) * groupSize - col0;
+                    var a = Vector512<float>.Zero;
+                    for (; t < nnz && idx[t] < end; t++)
+                        a = Avx512F.FusedMultiplyAdd(Levels(qt + idx[t] * ld + o), Vector512.Create(x[idx[t]]), a);
+                    s0 = Avx512F.FusedMultiplyAdd(a, Vector512.Load(scale + g * scaleStride + o), s0);
+                }
+                s0.Store(y + o);
             }
         }
         for (; o < n; o++)
         {
-            float a = 0f;
-            for (int t = 0; t < nnz; t++) a = MathF.FusedMultiplyAdd(qt[idx[t] * ld + o], x[idx[t]], a);
-            y[o] = a * scale[o];
+            float total = 0f;
+            for (int t = 0; t < nnz;)
+            {
+                int g = (col0 + idx[t]) / groupSize, end = (g + 1) * groupSize - col0;
+                float a = 0f;
+                for (; t < nnz && idx[t] < end; t++) a = MathF.FusedMultiplyAdd(qt[idx[t] * ld + o], x[idx[t]], a);
+                total = MathF.FusedMultiplyAdd(a, scale[g * scaleStride + o], total);
+            }
+            y[o] = total;
         }
 
         // Sixteen levels widened to int32 and converted (exact: |level| <= 127).

@@ -241,7 +241,7 @@ public sealed class QuantizedTensor
     }
 
     // Unchecked GetLevel for the loops above (i is in range by construction).
-    private int Level(int i) => DType == TensorDType.Q8
+    internal int Level(int i) => DType == TensorDType.Q8
         ? (sbyte)_data[i]
         : ((_data[i >> 1] >> (4 * (i & 1))) & 0xF) - 8;
 }

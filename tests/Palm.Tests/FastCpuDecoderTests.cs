@@ -117,8 +117,8 @@ public class FastCpuDecoderTwoCoreTests
         var ck = CheckpointQuantizer.Quantize(PalmCheckpoint.FromParameters(p), dtype, null, embedding: true);
         var weights = ModelWeights.From(ck).ToCpu();
         Assert.All(weights.All, m => Assert.NotNull(m.Quantized));
-        // q8 (one scale per row) takes the zero-skipping products where AVX-512 runs, q4 the dense ones.
-        bool skips = dtype == TensorDType.Q8 && System.Runtime.Intrinsics.X86.Avx512F.IsSupported;
+        // Quantized weights take the zero-skipping products where AVX-512 runs, else the dense ones.
+        bool skips = System.Runtime.Intrinsics.X86.Avx512F.IsSupported;
         AssertTwoThreadsBitIdentical($"seed {seed} {config} {dtypeName}", weights, ck.ToParameters(), rng, skips);
     }
 

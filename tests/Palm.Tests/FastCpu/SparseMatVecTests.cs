@@ -71,17 +71,21 @@ public class SparseMatVecTests
     }
 
     [Theory]
-    [InlineData(1536, 64, 256, 256, 0, 64)]
-    [InlineData(64, 512, 0, 64, 256, 256)]
-    [InlineData(32, 256, 0, 32, 128, 128)]      // rank 32 (the built-in model): 16-output chunks
-    [InlineData(300, 40, 17, 150, 3, 30)]       // 64 + 16 + tail outputs, offsets everywhere
-    [InlineData(13, 7, 0, 13, 0, 7)]
-    public void Q8MatchesTheDequantizedFloat64Product(int rows, int cols, int row0, int n, int col0, int k)
+    // dtype, group (0: the default), rows, cols, row0, n, col0, k
+    [InlineData("q8", 0, 1536, 64, 256, 256, 0, 64)]       // one scale per row (shared)
+    [InlineData("q8", 0, 64, 512, 0, 64, 256, 256)]
+    [InlineData("q8", 16, 64, 512, 0, 64, 259, 200)]       // slice starting and ending inside groups
+    [InlineData("q4", 0, 1536, 64, 256, 256, 0, 64)]       // q4's default group of 32
+    [InlineData("q4", 0, 32, 256, 0, 32, 128, 128)]        // rank 32 (the built-in model): 16-output chunks
+    [InlineData("q4", 8, 300, 40, 17, 150, 3, 30)]         // 64 + 16 + tail outputs, groups of 8 from column 3
+    [InlineData("q4", 0, 13, 7, 0, 13, 0, 7)]
+    public void QuantizedMatchesTheDequantizedFloat64Product(string dtypeName, int group, int rows, int cols, int row0, int n, int col0, int k)
     {
+        Assert.True(TensorDTypes.TryParse(dtypeName, out var dtype));
         ulong seed = TestSeed.Next();
         var rng = new Rng(seed);
         var w = Enumerable.Range(0, rows * cols).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
-        var q = QuantizedTensor.Quantize(w, TensorDType.Q8, cols);
+        var q = QuantizedTensor.Quantize(w, dtype, CheckpointQuantizer.GroupFor("w", cols, dtype, group == 0 ? null : group));
         var dq = q.Dequantize();
         var x = Enumerable.Range(0, k).Select(_ => rng.NextDouble() < 0.5 ? 0f : (float)(rng.NextDouble() * 2 - 1)).ToArray();
         var expected = new float[n];
@@ -98,20 +102,20 @@ public class SparseMatVecTests
         int nnz = SparseMatVec.Nonzero(x, nz);
         var y = Enumerable.Repeat(float.NaN, n).ToArray();
         t.MatVec(row0, n, col0, x, nz.AsSpan(0, nnz), y);
-        Numerics.AssertClose(y, expected, 1e-6 * k, 1e-5, $"seed {seed} sparse q8 matvec {rows}x{cols} rows {row0}+{n} cols {col0}+{k}, {nnz} nonzero");
+        Numerics.AssertClose(y, expected, 1e-6 * k, 1e-5, $"seed {seed} sparse {dtypeName} group {q.GroupSize} matvec {rows}x{cols} rows {row0}+{n} cols {col0}+{k}, {nnz} nonzero");
     }
 
     [Fact]
-    public void OnlyFloat32AndOneScalePerRowQ8AreHeldTransposed()
+    public void CopiesCountTheirBytesAndShareOneScalePerRowQ8Scales()
     {
         var w = Enumerable.Range(0, 8 * 64).Select(i => (float)Math.Sin(i)).ToArray();
-        var grouped = new CpuMatrix("w", 8, 64, QuantizedTensor.Quantize(w, TensorDType.Q8, 32));
-        var q4 = new CpuMatrix("w", 8, 64, QuantizedTensor.Quantize(w, TensorDType.Q4, 32));
-        Assert.False(TransposedMatrix.Supports(grouped));
-        Assert.False(TransposedMatrix.Supports(q4));
-        Assert.Throws<ArgumentException>(() => new TransposedMatrix(grouped));
-        Assert.Throws<ArgumentException>(() => new TransposedMatrix(q4));
         Assert.True(TransposedMatrix.Supports(new CpuMatrix("w", 8, 64, w)));
+        Assert.Equal(4L * 8 * 64, new TransposedMatrix(new CpuMatrix("w", 8, 64, w)).Bytes);
+        if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return;
+        // Levels one byte each; scales by group as floats, except q8's own one-per-row scales.
+        Assert.Equal(8L * 64, new TransposedMatrix(new CpuMatrix("w", 8, 64, QuantizedTensor.Quantize(w, TensorDType.Q8, 64))).Bytes);
+        Assert.Equal(8L * 64 + 4 * 8 * 2, new TransposedMatrix(new CpuMatrix("w", 8, 64, QuantizedTensor.Quantize(w, TensorDType.Q8, 32))).Bytes);
+        Assert.Equal(8L * 64 + 4 * 8 * 2, new TransposedMatrix(new CpuMatrix("w", 8, 64, QuantizedTensor.Quantize(w, TensorDType.Q4, 32))).Bytes);
     }
 
     [Fact]
@@ -124,7 +128,8 @@ public class SparseMatVecTests
         const int rows = 300, cols = 64;
         var w = Enumerable.Range(0, rows * cols).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
         var x = Enumerable.Range(0, cols).Select(_ => rng.NextDouble() < 0.5 ? 0f : (float)(rng.NextDouble() * 2 - 1)).ToArray();
-        foreach (var m in new[] { new CpuMatrix("w", rows, cols, w), new CpuMatrix("w", rows, cols, QuantizedTensor.Quantize(w, TensorDType.Q8, cols)) })
+        foreach (var m in new[] { new CpuMatrix("w", rows, cols, w), new CpuMatrix("w", rows, cols, QuantizedTensor.Quantize(w, TensorDType.Q8, cols)),
+                                  new CpuMatrix("w", rows, cols, QuantizedTensor.Quantize(w, TensorDType.Q4, 16)) })
             AssertCutsAreBitIdentical(seed, new TransposedMatrix(m), x);
     }
 

@@ -42,8 +42,9 @@ public sealed class QuantizedCpuModelTests(ITestOutputHelper output)
 
     /// <summary>
     /// What the CPU decoder holds besides the tensors: a transposed copy of each block's QKV second
-    /// factor (factorized models) and projection input factor, 4 bytes an element where float32, 1
-    /// where q8 with one scale per row and AVX-512 runs (scales shared), none otherwise (FastCpuDecoder).
+    /// factor (factorized models) and projection input factor, 4 bytes an element where float32;
+    /// where q8/q4 and AVX-512 runs, 1 an element plus 4 per scale (none for q8 with one scale per
+    /// row, whose scales are shared); none for quantized tensors elsewhere (FastCpuDecoder).
     /// </summary>
     internal static long CpuDecoderCopyBytes(PalmCheckpoint ck)
     {
@@ -54,7 +55,8 @@ public sealed class QuantizedCpuModelTests(ITestOutputHelper output)
             {
                 var t = ck.Tensors.Single(t => t.Name == name);
                 if (t.Quantized is not { } q) bytes += 4L * t.Length;
-                else if (q.DType == TensorDType.Q8 && q.GroupSize == t.Shape[^1] && System.Runtime.Intrinsics.X86.Avx512F.IsSupported) bytes += t.Length;
+                else if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
+                    bytes += t.Length + (q.DType == TensorDType.Q8 && q.GroupSize == t.Shape[^1] ? 0 : 4L * (t.Length / q.GroupSize));
             }
         return bytes;
     }

@@ -202,6 +202,20 @@ public sealed class SampleKernelTests(VulkanFixture fixture, ITestOutputHelper o
     }
 
     [Fact]
+    public void TokenSampler_applies_the_logit_bias_and_a_copy_with_another_bias_uses_the_new_one()
+    {
+        // The bias is flattened once per settings value; a `with` copy must flatten its own.
+        float[] logits = [0f, 2f, 1f];
+        var t = new TokenSampler(logits.Length);
+        var none = new RecentTokens(0);
+        var s = new SamplingSettings(0f, 0, 1f, 0f, 1f, 0f, 0f, new Dictionary<int, float> { [1] = float.NegativeInfinity });
+        Assert.Equal(2, t.Sample(logits, s, none, 0.0));
+        Assert.Equal(0, t.Sample(logits, s with { LogitBias = new Dictionary<int, float> { [0] = 5f } }, none, 0.0));
+        Assert.Equal(1, t.Sample(logits, s with { LogitBias = null }, none, 0.0));
+        Assert.Equal(2, t.Sample(logits, s with { Temperature = 0 }, none, 0.0));
+    }
+
+    [Fact]
     public void TokenSampler_orders_ties_by_id_and_draws_one_uniform_per_sampled_token()
     {
         // Tokens 1, 3 and 4 tie for the top; top-k 2 keeps 1 and 3, whatever the draw.

@@ -546,6 +546,12 @@ internal sealed partial class FastCpuDecoder : IDisposable
         private readonly Thread _thread;
         private readonly SemaphoreSlim _wake = new(0);
         private Job _job;
+        // A batched step's second group (RunMany), read by the worker when _many is set.
+        private bool _many;
+        private int _manyB0, _manyB1;
+        private unsafe int* _manyTokens;
+        private unsafe float* _manyLogits;
+        private IReadOnlyList<AodStateSet>? _manyStates;
         // Padded counters: [0] posted jobs, [8] worker barrier arrivals, [16] caller arrivals.
         private readonly long[] _counters = new long[24];
         private long _arrivals;          // the caller's own count (the worker keeps its own)
@@ -561,9 +567,31 @@ internal sealed partial class FastCpuDecoder : IDisposable
             _thread.Start();
         }
 
+        /// <summary>
+        /// A batched step: the worker runs sequences [mid, b1) while the caller runs [0, mid), then
+        /// both meet at one barrier (the worker is already awake and spinning between steps, where
+        /// a thread-pool hand-off per step cost a wake-up).
+        /// </summary>
+        public unsafe void RunMany(int mid, int b1, int* tokens, IReadOnlyList<AodStateSet> states, float* logits)
+        {
+            if (_fault is { } f) throw new InvalidOperationException("the decode worker failed", f);
+            _many = true;
+            _manyB0 = mid;
+            _manyB1 = b1;
+            _manyTokens = tokens;
+            _manyStates = states;
+            _manyLogits = logits;
+            Interlocked.Increment(ref _counters[0]);       // full fence: the job is visible first
+            if (Volatile.Read(ref _sleeping) != 0) _wake.Release();
+            _owner.RunGroup(0, mid, tokens, states, logits);
+            Barrier(0);
+            _manyStates = null;
+        }
+
         public void Run(in Job job)
         {
             if (_fault is { } f) throw new InvalidOperationException("the decode worker failed", f);
+            _many = false;
             _job = job;
             Interlocked.Increment(ref _counters[0]);       // full fence: the job is visible first
             if (Volatile.Read(ref _sleeping) != 0) _wake.Release();
@@ -607,7 +635,12 @@ internal sealed partial class FastCpuDecoder : IDisposable
                         spins = 0;
                     }
                     seen++;
-                    _owner.Run(in _job, _worker, _main, 1, 2, this, 1);
+                    if (_many)
+                    {
+                        unsafe { _owner.RunGroup(_manyB0, _manyB1, _manyTokens, _manyStates!, _manyLogits); }
+                        Barrier(1);
+                    }
+                    else _owner.Run(in _job, _worker, _main, 1, 2, this, 1);
                 }
             }
             catch (OperationCanceledException) { }

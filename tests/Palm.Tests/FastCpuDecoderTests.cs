@@ -345,7 +345,14 @@ public class FastCpuDecoderBatchTests
             Assert.True(TensorDTypes.TryParse(dtypeName, out var dtype));
             weights = ModelWeights.From(CheckpointQuantizer.Quantize(PalmCheckpoint.FromParameters(p), dtype, null, embedding: true)).ToCpu();
         }
-        using var dec = new FastCpuDecoder(weights, threads: 1);
+        // threads 2: the second group runs on the team's worker (interleaved with batch-1 team steps).
+        foreach (int threads in new[] { 1, 2 })
+            AssertStepManyBitIdentical($"seed {seed} {config} {dtypeName} threads {threads}", c, weights, threads, rng);
+    }
+
+    private static void AssertStepManyBitIdentical(string what, PalmConfig c, CpuWeights weights, int threads, Rng rng)
+    {
+        using var dec = new FastCpuDecoder(weights, threads);
         int V = c.VocabSize;
         foreach (int B in new[] { 2, 5, 19 })
         {
@@ -370,12 +377,14 @@ public class FastCpuDecoderBatchTests
                     dec.Step(tok.AsSpan(b, 1), solo[b], want);
                     for (int i = 0; i < V; i++)
                         Assert.True(BitConverter.SingleToInt32Bits(want[i]) == BitConverter.SingleToInt32Bits(got[b * V + i]),
-                            $"seed {seed} {config} {dtypeName} B={B} step {step}: sequence {b} logit {i} is {got[b * V + i]:R} batched, {want[i]:R} alone");
+                            $"{what} B={B} step {step}: sequence {b} logit {i} is {got[b * V + i]:R} batched, {want[i]:R} alone");
                     Assert.Equal(solo[b].Position, many[b].Position);
                     for (int a = 0; a < c.Applications; a++) Assert.Equal(solo[b].S[a], many[b].S[a]);
                 }
             }
         }
+        if (threads == 2 && Environment.ProcessorCount >= 2) Assert.Equal(9, dec.TeamManySteps);
+        else Assert.Equal(0, dec.TeamManySteps);
     }
 
     [Fact]

@@ -1,10 +1,11 @@
 // The CPU backend: the fast CPU path (FastCpuModel for prefill, FastCpuDecoder for steps; both
-// checked against the reference model). Batched steps run the sequences in parallel, each
-// through its own state, so a sequence's result never depends on what it is batched with.
+// checked against the reference model). Batched steps run the sequences together, each through
+// its own state and the kernel calls of its step alone, so a sequence's result never depends on
+// what it is batched with.
 // Weights are CpuWeights: a q8/q4 checkpoint's tensors stay quantized (read in place by
 // Cpu/QuantizedMatVec; no float copy exists). WeightBytes is what the file's tensors hold plus the
 // decoder's transposed copies of the two products that skip zero inputs (FastCpuDecoder: the QKV
-// second factors and projection input factors, float32 or q8 levels as stored).
+// second factors and projection input factors; float32, or int8 levels of q8/q4 where AVX-512 runs).
 using Palm.Inference.Cpu;
 using Palm.Inference.Cpu.Fast;
 using Palm.Inference.Model;

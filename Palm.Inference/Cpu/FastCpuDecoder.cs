@@ -16,16 +16,18 @@
 // each barrier cost 1-3 us of waiting (the two threads' phases jitter by that much), more than
 // the duplicated work.
 // Because the partition is fixed and the partial sums are always added in the same order, one
-// thread running both parts produces bit-identical logits: batched steps (one sequence per pool
-// thread), a busy team and single-core machines all give the same text for the same seed.
+// thread running both parts produces bit-identical logits: batched steps (StepMany, in
+// FastCpuDecoder.Batch.cs), a busy team and single-core machines all give the same text for the
+// same seed.
 //
 // Skipping zero inputs. Two products per block read inputs that are exactly zero much of the
 // time: the QKV linear's second factor reads relu2(w1 h), the projection reads relu(q)·S. With
 // random weights half of each is zero; in the built-in trained model 78 % and 60 %. Those two use
-// transposed float32 copies (SparseMatVec) and read only the weight rows of nonzero inputs: a
-// `small` token moves ~1.8 MB less of its ~7 MB, the built-in model decodes ~30 % faster. The
-// price is the copies (the QKV second factors and projection input factors once more, ~2 MB for
-// `small`) and rounding in another order (each output sums its terms in input order).
+// transposed copies (SparseMatVec: float32, or int8 levels for q8/q4 where AVX-512 runs) and read
+// only the weight rows of nonzero inputs: a `small` token moves ~2 MB less of its ~7 MB, the
+// built-in model decodes ~30 % faster. The price is the copies (the QKV second factors and
+// projection input factors once more: 2.1 MB for `small` in float32) and rounding in another
+// order (each output sums its terms in input order).
 //
 // Weights are CpuWeights: each matrix float32 or q8/q4 as stored (CpuMatrix branches once per
 // product). The split points are multiples of head_dim or 16, not of the quantization group, so a
@@ -59,7 +61,8 @@ internal sealed partial class FastCpuDecoder : IDisposable
     private long _teamSteps;
     private readonly TeamPolicy _policy = new();
     // Per block, transposed copies of the two products whose inputs are half zeros (SparseMatVec):
-    // the QKV second factor and the projection's input factor. Null where quantized or switched off.
+    // the QKV second factor and the projection's input factor. Null where unsupported (quantized
+    // without AVX-512) or switched off.
     private readonly TransposedMatrix?[] _qkvT, _projT;
 
     /// <param name="parameters">The weights, copied to 64-byte boundaries (CpuWeights.Aligned): later
@@ -71,8 +74,9 @@ internal sealed partial class FastCpuDecoder : IDisposable
     /// <param name="weights">The weights, each matrix float32 or q8/q4 (read, never written).</param>
     /// <param name="threads">As for the <see cref="PalmParameters"/> overload.</param>
     /// <param name="sparseInputs">Whether the products with half-zero inputs skip the zeros
-    /// (SparseMatVec; float32 matrices only, at the cost of a transposed copy of them). Null: yes
-    /// unless <c>PALM_CPU_DECODE_SPARSE=0</c> (a switch for measuring the difference).</param>
+    /// (SparseMatVec; float32 matrices, and q8/q4 where AVX-512 runs; at the cost of a transposed
+    /// copy of them). Null: yes unless <c>PALM_CPU_DECODE_SPARSE=0</c> (a switch for measuring the
+    /// difference).</param>
     public FastCpuDecoder(CpuWeights weights, int? threads = null, bool? sparseInputs = null)
     {
         _w = weights;

@@ -104,11 +104,17 @@ public static class ModelBench
         // The same model with q8 linears (round to nearest, the default groups; the embedding stays
         // float32), as `quantize --dtype q8` stores it: a different precision from the peer's, so a
         // row of its own, not the fp32 decode ratio. Its weights fit the two cores' L2 caches.
-        var q8 = new CpuWeights(config, e => e.Name == "embed.weight" ? CpuMatrix.From(p[e.Name]) :
-            new CpuMatrix(e.Name, e.Rows, e.Cols, QuantizedTensor.Quantize(p[e.Name].Data, TensorDType.Q8, CheckpointQuantizer.GroupFor(e.Name, e.Cols, TensorDType.Q8, null))));
-        using var fastQ8 = new FastCpuDecoder(q8);
-        rows.Add(Time("csharp-cpu-fast-q8", "decode", NewTokens, Math.Max(warmup, 3), reps, () => Generate((t, s, l) => fastQ8.Step(t, s, l), true)));
-        Console.WriteLine($"  q8 decoder: {q8.Bytes / 1024} KiB of weights against {CpuWeights.From(p).Bytes / 1024} KiB float32");
+        // q4 likewise (groups of 32).
+        CpuWeights Quantized(TensorDType dtype) => new(config, e => e.Name == "embed.weight" ? CpuMatrix.From(p[e.Name]) :
+            new CpuMatrix(e.Name, e.Rows, e.Cols, QuantizedTensor.Quantize(p[e.Name].Data, dtype, CheckpointQuantizer.GroupFor(e.Name, e.Cols, dtype, null))));
+        foreach (var dtype in new[] { TensorDType.Q8, TensorDType.Q4 })
+        {
+            var qw = Quantized(dtype);
+            using var fastQ = new FastCpuDecoder(qw);
+            string name = dtype.SpecName();
+            rows.Add(Time($"csharp-cpu-fast-{name}", "decode", NewTokens, Math.Max(warmup, 3), reps, () => Generate((t, s, l) => fastQ.Step(t, s, l), true)));
+            Console.WriteLine($"  {name} decoder: {qw.Bytes / 1024} KiB of weights (+{fastQ.CopyBytes / 1024} KiB of transposed copies) against {CpuWeights.From(p).Bytes / 1024} KiB float32");
+        }
         rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l), false)));
         if (!decodeOnly)
         {

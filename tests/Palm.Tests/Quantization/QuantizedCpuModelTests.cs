@@ -50,6 +50,7 @@ public sealed class QuantizedCpuModelTests(ITestOutputHelper output)
     {
         var c = ck.Config;
         long bytes = 0;
+        if (FastCpuDecoderTwoCoreTests.SparseSwitchedOff) return 0;
         for (int l = 0; l < c.NLayer; l++)
             foreach (var name in c.DRank > 0 ? new[] { $"blocks.{l}.qkv.w2", $"blocks.{l}.proj.w1" } : [$"blocks.{l}.proj.w"])
             {

@@ -203,11 +203,10 @@ internal static class Sample
         }
         var k = row.topK > 0 ? Math.Min(row.topK, V) : V;
         double max = l[order[0]];
-        // Weights exp((l - max) / T) in double (TensorPrimitives' exp, as TokenSampler), and the
-        // top-k set's mass summed in id order (TokenSampler does not sort the row).
+        // Weights exp((l - max) / T) in double (SampleWeights, as TokenSampler), and the top-k
+        // set's mass summed in id order (TokenSampler does not sort the row).
         var w = new double[V];
-        for (var i = 0; i < V; i++) w[i] = (l[i] - max) / row.temperature;
-        System.Numerics.Tensors.TensorPrimitives.Exp(w, w);
+        SampleWeights.Compute(l, max, row.temperature, w);
         var inTopK = new bool[V];
         for (var i = 0; i < k; i++) inTopK[order[i]] = true;
         double sum = 0;

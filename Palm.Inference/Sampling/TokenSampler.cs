@@ -131,15 +131,12 @@ internal sealed class TokenSampler(int vocabSize)
 
         // Every token's weight exp((l - max) / T) in double, by one vectorised exp over the row,
         // and a histogram of the weights by (max - l) / T: count and mass per bucket.
-        float maxF = TensorPrimitives.Max(l);
+        // In inlined code, not TensorPrimitives': its generic helpers ran unoptimised for a while
+        // after start-up (Palm.Gpu's SampleWeights says how that showed).
+        float maxF = Palm.Gpu.Kernels.SampleWeights.Max(l);
         double max = maxF, T = s.Temperature;
         var e = _probs.AsSpan();
-        // (l - max) / T exactly as the scalar double expression, vectorised (widening is exact,
-        // subtraction and division correctly rounded either way).
-        TensorPrimitives.ConvertChecked<float, double>(l, e);
-        TensorPrimitives.Subtract(e, max, e);
-        TensorPrimitives.Divide(e, T, e);
-        TensorPrimitives.Exp(e, e);
+        Palm.Gpu.Kernels.SampleWeights.Compute(l, max, T, e);
         // The histogram only steers the first gather, so float arithmetic will do; four interleaved
         // copies keep neighbouring tokens of one bucket from waiting on each other's update.
         Array.Clear(_bucketMass);

@@ -155,16 +155,13 @@ internal sealed partial class FastCpuDecoder : IDisposable
         private static float[][] Sums(int n) => [new float[Math.Max(1, n) + 32], new float[Math.Max(1, n) + 32]];
     }
 
-    /// <summary>One token per sequence of <paramref name="state"/>; logits (B, V). Same contract as <see cref="CpuReferenceModel.Step"/>.</summary>
-    public void Step(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits) => Step(tokens, state, logits, bothCores: true);
-
     /// <summary>
-    /// As <see cref="Step(ReadOnlySpan{int}, AodStateSet, Span{float})"/>; <paramref name="bothCores"/>
-    /// false keeps a batch-1 step on the calling thread (for callers that already run sequences
-    /// in parallel). The logits do not depend on it.
+    /// One token per sequence of <paramref name="state"/>; logits (B, V). Same contract as
+    /// <see cref="CpuReferenceModel.Step"/>. A batch-1 step may use the second core (the logits
+    /// do not depend on it); sessions at different positions go through <see cref="StepMany"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public void Step(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits, bool bothCores)
+    public void Step(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         int batch = state.Batch, V = _c.VocabSize;
@@ -174,7 +171,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
             if ((uint)t >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside [0, {V})");
         if (batch == 1)
         {
-            if (bothCores && _useTeam && Interlocked.CompareExchange(ref _teamBusy, 1, 0) == 0)
+            if (_useTeam && Interlocked.CompareExchange(ref _teamBusy, 1, 0) == 0)
             {
                 // Holding _teamBusy: the policy fields below are ours alone.
                 try

@@ -12,7 +12,6 @@
 // V 4,096 219 -> 16, V 4,096 top-k 40 239 -> 25, V 4,096 without top-p 220 -> 16, V 65,536
 // 4,510 -> 331 (a full sort and V scalar exps each token before). Large gathers (flat
 // distributions) are radix-sorted.
-using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
 

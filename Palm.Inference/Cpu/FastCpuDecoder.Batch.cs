@@ -90,7 +90,7 @@ internal sealed partial class FastCpuDecoder
             var qkvT = _qkvT[l];
             var projT = _projT[l];
             int par = app & 1;
-            for (int g = 0; g < G; g++) TensorPrimitives.Multiply(list[g].X, RmsScale(list[g].X), list[g].H);
+            for (int g = 0; g < G; g++) Norm(list[g].X, list[g].H);
             bool factorized = bp.Qkv.Factorized;
             int r1 = factorized ? bp.Qkv.W1!.Rows : 0;
             if (factorized)
@@ -99,8 +99,7 @@ internal sealed partial class FastCpuDecoder
                 for (int g = 0; g < G; g++)
                 {
                     var u = list[g].U.AsSpan(0, r1);
-                    TensorPrimitives.Max(u, 0f, u);
-                    TensorPrimitives.Multiply(u, u, u);
+                    Relu2(u);
                 }
             }
             for (int g = 0; g < G; g++)
@@ -154,7 +153,7 @@ internal sealed partial class FastCpuDecoder
         }
 
         // Final norm and unembedding, the vocabulary rows cut into Run's parts.
-        for (int g = 0; g < G; g++) TensorPrimitives.Multiply(list[g].X, RmsScale(list[g].X), list[g].Xf);
+        for (int g = 0; g < G; g++) Norm(list[g].X, list[g].Xf);
         var un = _w.Unembed;
         if (un.Factorized) Rows(un.W1!, 0, un.W1!.Rows, list, G, static s => s.Xf, static s => s.U);
         var wUn = un.Factorized ? un.W2! : un.W!;

@@ -266,14 +266,13 @@ internal sealed partial class FastCpuDecoder : IDisposable
             // Phase A: this thread's parts, from its own copy of the residual stream.
             var P = sh.P[app & 1];
             var P2 = sh.P2[app & 1];
-            TensorPrimitives.Multiply(s.X, RmsScale(s.X), s.H);
+            Norm(s.X, s.H);
             var qkvIn = s.H.AsSpan();
             if (bp.Qkv.Factorized)
             {
                 var u = s.U.AsSpan(0, bp.Qkv.W1!.Rows);
                 bp.Qkv.W1.MatVec(s.H, u);
-                TensorPrimitives.Max(u, 0f, u);
-                TensorPrimitives.Multiply(u, u, u);
+                Relu2(u);
                 qkvIn = u;
             }
             var nzU = qkvT is null ? default : s.NzU.AsSpan(0, SparseMatVec.Nonzero(qkvIn, s.NzU));
@@ -309,7 +308,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
         }
 
         // Final norm and unembedding: each part writes its vocabulary rows.
-        TensorPrimitives.Multiply(s.X, RmsScale(s.X), s.Xf);
+        Norm(s.X, s.Xf);
         ReadOnlySpan<float> unIn = s.Xf;
         var un = _w.Unembed;
         if (un.Factorized)
@@ -335,13 +334,13 @@ internal sealed partial class FastCpuDecoder : IDisposable
     {
         for (int j = 0; j < _c.HeadDim / 2; j++)
         {
-            double th = pos * _freq[j];
-            s.Cos[j] = (float)Math.Cos(th);
-            s.Sin[j] = (float)Math.Sin(th);
+            var (sin, cos) = Math.SinCos(pos * _freq[j]);
+            s.Cos[j] = (float)cos;
+            s.Sin[j] = (float)sin;
         }
         ReadOnlySpan<float> e = _w.Embed.Row(token, s.Er);
         if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
-        TensorPrimitives.Multiply(e, RmsScale(e), s.X);
+        Norm(e, s.X);
     }
 
     // The FFN's channels of one part: up products and SwiGLU gate into s.Z, then the down
@@ -356,11 +355,10 @@ internal sealed partial class FastCpuDecoder : IDisposable
             ReadOnlySpan<float> upIn = bp.Up.Factorized ? s.Uf.AsSpan(0, bp.Up.W1!.Rows) : s.H;
             wUp.MatVecRows(f0, fw, upIn, s.M.AsSpan(f0, fw));
             wUp.MatVecRows(F + f0, fw, upIn, s.M.AsSpan(F + f0, fw));
-            var tmp = s.Tmp.AsSpan(f0, fw);
-            var gate = s.M.AsSpan(F + f0, fw);
-            TensorPrimitives.Sigmoid(gate, tmp);
-            TensorPrimitives.Multiply(tmp, gate, tmp);
-            TensorPrimitives.Multiply(s.M.AsSpan(f0, fw), tmp, s.Z.AsSpan(f0, fw));
+            unsafe
+            {
+                fixed (float* pm = s.M, pz = s.Z) Fast.FastMath.SwiGlu(pm + f0, pm + F + f0, null, pz + f0, fw);
+            }
         }
         var wd = bp.Down!.Factorized ? bp.Down.W1! : bp.Down.W!;
         wd.MatVecCols(f0, fw, s.Z.AsSpan(f0, fw), p2.AsSpan(0, wd.Rows));
@@ -392,18 +390,13 @@ internal sealed partial class FastCpuDecoder : IDisposable
 
     // x += a·silu(g) from s.O, then the FFN's output (s.F when factorized, else the parts' sums).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void ResidualUpdate(Scratch s, CpuBlock bp, float[][] P2)
+    private unsafe void ResidualUpdate(Scratch s, CpuBlock bp, float[][] P2)
     {
         int C = _c.NEmbd;
-        var a = s.O.AsSpan(0, C);
-        var gt = s.O.AsSpan(C, C);
-        var x = s.X.AsSpan();
-        var t = s.Tmp.AsSpan(0, C);
-        TensorPrimitives.Sigmoid(gt, t);
-        TensorPrimitives.Multiply(t, gt, t);
-        TensorPrimitives.FusedMultiplyAdd(a, t, x, x);             // x += a·silu(g)
+        fixed (float* po = s.O, px = s.X) Fast.FastMath.SwiGlu(po, po + C, px, px, C);   // x += a·silu(g)
         if (bp.Down is { } down)
         {
+            var x = s.X.AsSpan();
             var f = s.F.AsSpan();
             if (!down.Factorized) TensorPrimitives.Add(P2[0].AsSpan(0, C), P2[1].AsSpan(0, C), f);
             TensorPrimitives.Add(x, f, x);
@@ -463,6 +456,27 @@ internal sealed partial class FastCpuDecoder : IDisposable
             var Z = state.Z![app].AsSpan(b * D + j0, w);
             TensorPrimitives.Add(Z, g, Z);
             TensorPrimitives.Divide(y, Z, y);
+        }
+    }
+
+    // y = x / rms(x): FastAodKernels.RmsNorm, which every norm of a step goes through (batched
+    // steps too), so their bits agree.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Norm(ReadOnlySpan<float> x, Span<float> y)
+    {
+        fixed (float* px = x, py = y) Fast.FastAodKernels.RmsNorm(px, x.Length, py);
+    }
+
+    // u = relu(u)², in place.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Relu2(Span<float> u)
+    {
+        int j = 0;
+        fixed (float* p = u)
+        {
+            if (Vector512.IsHardwareAccelerated)
+                for (; j + 16 <= u.Length; j += 16) { var v = Vector512.Max(Vector512.Load(p + j), Vector512<float>.Zero); (v * v).Store(p + j); }
+            for (; j < u.Length; j++) { float v = MathF.Max(p[j], 0f); p[j] = v * v; }
         }
     }
 

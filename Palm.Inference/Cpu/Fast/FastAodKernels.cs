@@ -151,20 +151,25 @@ internal static unsafe class FastAodKernels
 
     /// <summary>
     /// One decoding step of one head, fused (hd a multiple of 16, <see cref="Vectorised"/>): q and k
-    /// rms-normed and rotated in place, g = σ(k), the float state S += g·v (and Z += g for
-    /// <c>mean</c>), y = relu(q)·S (/Z). The decoder's per-token AoD without a pass per operation.
+    /// rms-normed and rotated, g = σ(k), the float state S += g·v (and Z += g for <c>mean</c>),
+    /// y = relu(q)·S (/Z). The decoder's per-token AoD without a pass per operation. q and k are
+    /// scratch: their contents afterwards are unspecified.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DecodeStep(float* q, float* k, float* v, float* cos, float* sin, float* S, float* Z, float* y, int hd)
     {
+        if (Vector512.IsHardwareAccelerated && hd % 32 == 0)
+        {
+            DecodeStep512(q, k, v, cos, sin, S, Z, y, hd);
+            return;
+        }
         RmsNorm(q, hd, q);
         RmsNorm(k, hd, k);
         Rope(q, cos, sin, hd, q);
         Rope(k, cos, sin, hd, k);
-        var one = Vector256.Create(1f);
         for (int j = 0; j < hd; j += 8)
         {
-            var g = one / (one + Vector256.Exp(-Vector256.Load(k + j)));
+            var g = FastMath.Sigmoid(Vector256.Load(k + j));
             var sv = Vector256.FusedMultiplyAdd(g, Vector256.Load(v + j), Vector256.Load(S + j));
             sv.Store(S + j);
             var yv = Vector256.Max(Vector256.Load(q + j), Vector256<float>.Zero) * sv;
@@ -175,6 +180,55 @@ internal static unsafe class FastAodKernels
                 yv /= zv;
             }
             yv.Store(y + j);
+        }
+    }
+
+    // DecodeStep with 16 lanes (hd a multiple of 32, so RoPE's halves are whole vectors): the
+    // normed and rotated q and k stay in registers, each pair of channels (j, j + hd/2) is
+    // finished where it is rotated. The same arithmetic as the 8-lane path but for the order of
+    // the squares' partial sums.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void DecodeStep512(float* q, float* k, float* v, float* cos, float* sin, float* S, float* Z, float* y, int hd)
+    {
+        var sq = Vector512.Create(InvRms(q, hd));
+        var sk = Vector512.Create(InvRms(k, hd));
+        int half = hd / 2;
+        for (int j = 0; j < half; j += 16)
+        {
+            var c = Vector512.Load(cos + j); var s = Vector512.Load(sin + j);
+            var qa = Vector512.Load(q + j) * sq; var qb = Vector512.Load(q + half + j) * sq;
+            var ka = Vector512.Load(k + j) * sk; var kb = Vector512.Load(k + half + j) * sk;
+            Mix(qa * c + qb * s, ka * c + kb * s, v + j, S + j, Z == null ? null : Z + j, y + j);
+            Mix(-qa * s + qb * c, -ka * s + kb * c, v + half + j, S + half + j, Z == null ? null : Z + half + j, y + half + j);
+        }
+
+        static float InvRms(float* x, int n)
+        {
+            // Float partial sums per 64 channels added in double, as RmsNorm.
+            double ss = 0;
+            for (int i0 = 0; i0 < n; i0 += 64)
+            {
+                var acc = Vector512<float>.Zero;
+                int i1 = Math.Min(n, i0 + 64);
+                for (int i = i0; i < i1; i += 16) { var xv = Vector512.Load(x + i); acc = Vector512.FusedMultiplyAdd(xv, xv, acc); }
+                ss += Vector512.Sum(acc);
+            }
+            return (float)(1.0 / Math.Sqrt(ss / n + CpuOps.RmsEps));
+        }
+
+        static void Mix(Vector512<float> qr, Vector512<float> kr, float* v, float* S, float* Z, float* y)
+        {
+            var g = FastMath.Sigmoid(kr);
+            var sv = Vector512.FusedMultiplyAdd(g, Vector512.Load(v), Vector512.Load(S));
+            sv.Store(S);
+            var yv = Vector512.Max(qr, Vector512<float>.Zero) * sv;
+            if (Z != null)
+            {
+                var zv = Vector512.Load(Z) + g;
+                zv.Store(Z);
+                yv /= zv;
+            }
+            yv.Store(y);
         }
     }
 

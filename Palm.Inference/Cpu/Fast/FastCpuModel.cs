@@ -132,7 +132,11 @@ internal sealed unsafe class FastCpuModel
             {
                 int F = c.DFfn;
                 Linear(bp.Up, at.H, rows, at.M!, at.Up!, relu2: false);
-                ParallelRows(rows, 8, (r0, r1) => CpuOps.SwiGlu(at.M.AsSpan(r0 * 2 * F, (r1 - r0) * 2 * F), r1 - r0, F, at.Gated.AsSpan(r0 * F, (r1 - r0) * F), accumulate: false));
+                ParallelRows(rows, 8, (r0, r1) =>
+                {
+                    fixed (float* pm = at.M, pz = at.Gated)
+                        for (int i = r0; i < r1; i++) FastMath.SwiGlu(pm + (long)i * 2 * F, pm + (long)i * 2 * F + F, null, pz + (long)i * F, F);
+                });
                 // Down projection added onto the residual by the GEMM's accumulate.
                 LinearAcc(bp.Down!, at.Gated!, rows, xNext, at.Down!);
             }
@@ -208,19 +212,12 @@ internal sealed unsafe class FastCpuModel
         ParallelRows(rows, 32, (r0, r1) => CpuOps.RmsNormRows(x.AsSpan(r0 * n, (r1 - r0) * n), r1 - r0, n, y.AsSpan(r0 * n, (r1 - r0) * n), inv.AsSpan(r0, r1 - r0)));
 
     /// <summary>xNext = x + o[:, :C] ⊙ silu(o[:, C:]).</summary>
-    private static void SwiGluResidual(float[] o, float[] x, int rows, int C, float[] xNext) =>
+    private static unsafe void SwiGluResidual(float[] o, float[] x, int rows, int C, float[] xNext) =>
         ParallelRows(rows, 32, (r0, r1) =>
         {
-            Span<float> tmp = stackalloc float[C <= 1024 ? C : 0];
-            var t = C <= 1024 ? tmp : new float[C];
-            for (int i = r0; i < r1; i++)
-            {
-                var a = o.AsSpan(i * 2 * C, C);
-                var g = o.AsSpan(i * 2 * C + C, C);
-                TensorPrimitives.Sigmoid(g, t);
-                TensorPrimitives.Multiply(t, g, t);
-                TensorPrimitives.FusedMultiplyAdd(a, t, x.AsSpan(i * C, C), xNext.AsSpan(i * C, C));
-            }
+            fixed (float* po = o, px = x, pn = xNext)
+                for (int i = r0; i < r1; i++)
+                    FastMath.SwiGlu(po + (long)i * 2 * C, po + (long)i * 2 * C + C, px + (long)i * C, pn + (long)i * C, C);
         });
 
     /// <summary>
@@ -254,7 +251,7 @@ internal sealed unsafe class FastCpuModel
                     pki[row * H + hh] = FastAodKernels.RmsNorm(src + D + o, hd, pkn + i0);
                     FastAodKernels.Rope(pqn + i0, cs, sn, hd, pq + i0);
                     FastAodKernels.Rope(pkn + i0, cs, sn, hd, kr);
-                    System.Numerics.Tensors.TensorPrimitives.Sigmoid(new ReadOnlySpan<float>(kr, hd), new Span<float>(pg + i0, hd));
+                    FastMath.Sigmoid(kr, pg + i0, hd);
                     FastAodKernels.ScanStep(pg + i0, src + 2 * D + o, pq + i0, sRun, zRun, pS + i0, mean ? pZ + i0 : null, pY + i0, hd, mean);
                 }
             }

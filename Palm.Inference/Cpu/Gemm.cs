@@ -173,6 +173,19 @@ internal static class Gemm
                 }
                 return;
             }
+            if (BK == 1 && width == nr && nr % 8 == 0 && System.Runtime.Intrinsics.X86.Avx.IsSupported)
+            {
+                // B rows are contiguous in k (A·Bᵀ, every linear's weight): 8x8 register
+                // transposes, as PackA's. The strided scalar copy below was ~30 % of a 32-token
+                // prefill, more than the products, since a short prompt repacks every weight.
+                float* src0 = B + (long)c0 * BCol;
+                int kk = 0;
+                for (; kk + 8 <= k; kk += 8)
+                    for (int j0 = 0; j0 < nr; j0 += 8) Transpose8x8(src0 + (long)j0 * BCol + kk, BCol, dst + (long)kk * nr + j0, nr);
+                for (; kk < k; kk++)
+                    for (int jj = 0; jj < nr; jj++) dst[(long)kk * nr + jj] = src0[(long)jj * BCol + kk];
+                return;
+            }
             if (BK == 1 && width == nr)
             {
                 // B rows are contiguous in k (A·Bᵀ): read each column's k run, write it NR-strided.
@@ -219,7 +232,7 @@ internal static class Gemm
                 // stores (for the K = 4096 input gradient this was a third of the product's time).
                 float* src = A + (long)i0 * ARow + k0;
                 int kk = 0;
-                for (; kk + 8 <= kl; kk += 8) Transpose8x8(src + kk, ARow, dst + kk * 8);
+                for (; kk + 8 <= kl; kk += 8) Transpose8x8(src + kk, ARow, dst + kk * 8, 8);
                 for (; kk < kl; kk++)
                     for (int r = 0; r < 8; r++) dst[kk * 8 + r] = src[(long)r * ARow + kk];
                 return;
@@ -236,9 +249,9 @@ internal static class Gemm
             }
         }
 
-        // dst[c][r] = src[r·ld + c] for an 8x8 block (dst contiguous, 8 per row).
+        // dst[c·ldd + r] = src[r·ld + c] for an 8x8 block.
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static void Transpose8x8(float* src, int ld, float* dst)
+        private static void Transpose8x8(float* src, int ld, float* dst, int ldd)
         {
             var r0 = Vector256.Load(src); var r1 = Vector256.Load(src + ld);
             var r2 = Vector256.Load(src + 2L * ld); var r3 = Vector256.Load(src + 3L * ld);
@@ -253,13 +266,13 @@ internal static class Gemm
             var u4 = X86.Avx.Shuffle(t4, t6, 0x44); var u5 = X86.Avx.Shuffle(t4, t6, 0xEE);
             var u6 = X86.Avx.Shuffle(t5, t7, 0x44); var u7 = X86.Avx.Shuffle(t5, t7, 0xEE);
             X86.Avx.Permute2x128(u0, u4, 0x20).Store(dst);
-            X86.Avx.Permute2x128(u1, u5, 0x20).Store(dst + 8);
-            X86.Avx.Permute2x128(u2, u6, 0x20).Store(dst + 16);
-            X86.Avx.Permute2x128(u3, u7, 0x20).Store(dst + 24);
-            X86.Avx.Permute2x128(u0, u4, 0x31).Store(dst + 32);
-            X86.Avx.Permute2x128(u1, u5, 0x31).Store(dst + 40);
-            X86.Avx.Permute2x128(u2, u6, 0x31).Store(dst + 48);
-            X86.Avx.Permute2x128(u3, u7, 0x31).Store(dst + 56);
+            X86.Avx.Permute2x128(u1, u5, 0x20).Store(dst + ldd);
+            X86.Avx.Permute2x128(u2, u6, 0x20).Store(dst + 2 * ldd);
+            X86.Avx.Permute2x128(u3, u7, 0x20).Store(dst + 3 * ldd);
+            X86.Avx.Permute2x128(u0, u4, 0x31).Store(dst + 4 * ldd);
+            X86.Avx.Permute2x128(u1, u5, 0x31).Store(dst + 5 * ldd);
+            X86.Avx.Permute2x128(u2, u6, 0x31).Store(dst + 6 * ldd);
+            X86.Avx.Permute2x128(u3, u7, 0x31).Store(dst + 7 * ldd);
         }
 
         public void Job(int j)

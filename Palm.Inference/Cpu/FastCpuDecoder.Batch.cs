@@ -81,7 +81,11 @@ internal sealed partial class FastCpuDecoder
         while (list.Count < G) list.Add(new Scratch(c));
         var nnzU = G <= 64 ? stackalloc int[G] : new int[G];
 
-        for (int g = 0; g < G; g++) BeginToken(list[g], states[b0 + g].Position, tokens[b0 + g]);
+        for (int g = 0; g < G; g++)
+        {
+            BeginToken(list[g], states[b0 + g].Position, tokens[b0 + g]);
+            for (int part = 0; part < Parts; part++) InputPartial(0, list[g].X, part, list[g].Local);
+        }
 
         for (int app = 0; app < c.Applications; app++)
         {
@@ -90,23 +94,16 @@ internal sealed partial class FastCpuDecoder
             var qkvT = _qkvT[l];
             var projT = _projT[l];
             int par = app & 1;
-            for (int g = 0; g < G; g++) Norm(list[g].X, list[g].H);
             bool factorized = bp.Qkv.Factorized;
             int r1 = factorized ? bp.Qkv.W1!.Rows : 0;
-            if (factorized)
-            {
-                Rows(bp.Qkv.W1!, 0, r1, list, G, static s => s.H, static s => s.U);
-                for (int g = 0; g < G; g++)
-                {
-                    var u = list[g].U.AsSpan(0, r1);
-                    Relu2(u);
-                }
-            }
             for (int g = 0; g < G; g++)
-                nnzU[g] = qkvT is null ? 0 : SparseMatVec.Nonzero(factorized ? list[g].U.AsSpan(0, r1) : list[g].H, list[g].NzU);
+            {
+                var s = list[g];
+                var qkvIn = BlockInput(bp, s, app == 0 ? s.Local : s.Ex[(app - 1) & 1]);
+                nnzU[g] = qkvT is null ? 0 : SparseMatVec.Nonzero(qkvIn, s.NzU);
+            }
             var wQkv = factorized ? bp.Qkv.W2! : bp.Qkv.W!;
             bool ffn = bp.Up is not null;
-            if (ffn && bp.Up!.Factorized) Rows(bp.Up.W1!, 0, bp.Up.W1!.Rows, list, G, static s => s.H, static s => s.Uf);
             for (int part = 0; part < Parts; part++)
             {
                 int j0 = _heads[part] * hd, j1 = _heads[part + 1] * hd, w = j1 - j0;
@@ -145,17 +142,28 @@ internal sealed partial class FastCpuDecoder
                 if (ffn) for (int g = 0; g < G; g++) FfnPart(list[g], bp, part, list[g].P2[par][part]);
             }
 
-            // Run's phase B, sequence by sequence except the second factors' products.
+            // Run's phase B: each part's channels, the second factors' products block by block.
             for (int g = 0; g < G; g++) SumPartials(list[g], bp, list[g].P[par], list[g].P2[par]);
-            if (bp.Proj.Factorized) Rows(bp.Proj.W2!, 0, 2 * C, list, G, static s => s.U2, static s => s.O, xLength: bp.Proj.W1!.Rows);
-            if (ffn && bp.Down!.Factorized) Rows(bp.Down.W2!, 0, C, list, G, static s => s.Ud, static s => s.F, xLength: bp.Down.W1!.Rows);
-            for (int g = 0; g < G; g++) ResidualUpdate(list[g], bp, list[g].P2[par]);
+            for (int part = 0; part < Parts; part++)
+            {
+                int c0 = _chan[part], cw = _chan[part + 1] - c0;
+                if (cw > 0)
+                {
+                    if (bp.Proj.Factorized)
+                    {
+                        Rows(bp.Proj.W2!, c0, cw, list, G, static s => s.U2, static s => s.O, yOffset: c0, xLength: bp.Proj.W1!.Rows);
+                        Rows(bp.Proj.W2!, C + c0, cw, list, G, static s => s.U2, static s => s.O, yOffset: C + c0, xLength: bp.Proj.W1!.Rows);
+                    }
+                    if (ffn && bp.Down!.Factorized) Rows(bp.Down.W2!, c0, cw, list, G, static s => s.Ud, static s => s.F, yOffset: c0, xLength: bp.Down.W1!.Rows);
+                    for (int g = 0; g < G; g++) ResidualGlue(list[g], bp, c0, cw, list[g].P2[par]);
+                }
+                for (int g = 0; g < G; g++) InputPartial(app + 1, list[g].X, part, list[g].Ex[par]);
+            }
         }
 
-        // Final norm and unembedding, the vocabulary rows cut into Run's parts.
-        for (int g = 0; g < G; g++) Norm(list[g].X, list[g].Xf);
+        // The head's input and the unembedding, the vocabulary rows cut into Run's parts.
         var un = _w.Unembed;
-        if (un.Factorized) Rows(un.W1!, 0, un.W1!.Rows, list, G, static s => s.Xf, static s => s.U);
+        for (int g = 0; g < G; g++) HeadInput(list[g], list[g].Ex[(c.Applications - 1) & 1]);
         var wUn = un.Factorized ? un.W2! : un.W!;
         int inLength = un.Factorized ? un.W1!.Rows : C;
         for (int part = 0; part < Parts; part++)

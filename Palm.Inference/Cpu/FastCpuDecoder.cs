@@ -5,16 +5,24 @@
 //
 // Two cores for one sequence. A batch-1 token is ~1.7 M multiply-adds spread over ~35 small
 // matrix-vector products, so handing work to the thread pool per product would cost more than
-// the product. Instead the step is cut into two fixed PARTS (heads, FFN channels and vocabulary rows
-// halved) and, where a second core exists, a dedicated worker thread runs part 1 while the
-// caller runs part 0, meeting at one spin barrier per block application (DecodeTeam). Products
-// whose input is split (the projection after the AoD mix, the FFN's down linear) are computed as
-// per-part partial sums over their input columns, exchanged at the barrier and added part 0 +
-// part 1; after it BOTH threads compute the whole residual update (the projection's second
-// factor and the element-wise glue, ~15% of a block's work) into their own copy of the stream,
-// rather than half each and a second barrier to swap halves: measured on the development VM,
-// each barrier cost 1-3 us of waiting (the two threads' phases jitter by that much), more than
-// the duplicated work.
+// the product. Instead the step is cut into two fixed PARTS (heads, FFN channels, vocabulary rows
+// and residual channels halved) and, where a second core exists, a dedicated worker thread runs
+// part 1 while the caller runs part 0, meeting at two spin barriers per block application
+// (DecodeTeam):
+//  - Phase A, from the block's whole input: the QKV products, AoD and FFN of the part's heads
+//    and channels, then the per-part partial sums of the products whose input is split (the
+//    projection after the AoD mix, the FFN's down linear) over their input columns. Barrier.
+//  - Phase B: the partial sums added part 0 + part 1, then the residual update of the part's
+//    channels of the stream (the projection's second factor's rows for them and the glue), and
+//    the part's share of the next block's input: the input factor's product over those channels,
+//    their sum of squares (the norm's scale is applied to the summed product: W1 (x s) = s (W1 x))
+//    and the channels themselves. Barrier.
+// A thread so keeps only its half of the stream up to date. The earlier design had one barrier,
+// both threads computing the whole residual update and the next input factor's product (~30 %
+// of a `small` block's weights, read twice): measured on the development VM (two vCPUs, ~0.4 us
+// per barrier with equal work, 1 us more of jitter), the second barrier costs less than those
+// reads: `small` two-core steps 63.5-66.8 -> 60.2-62.6 us (alternated in one process); one core
+// does the same arithmetic in part order, ~2 % slower than before.
 // Because the partition is fixed and the partial sums are always added in the same order, one
 // thread running both parts produces bit-identical logits: batched steps (StepMany, in
 // FastCpuDecoder.Batch.cs), a busy team and single-core machines all give the same text for the
@@ -52,8 +60,8 @@ internal sealed partial class FastCpuDecoder : IDisposable
     private readonly CpuWeights _w;
     private readonly double[] _freq;
     private readonly ThreadLocal<Scratch> _scratch;
-    // Part boundaries: heads, FFN channels and vocabulary rows (Parts + 1 each).
-    private readonly int[] _heads, _ffn, _vocab;
+    // Part boundaries: heads, FFN channels, vocabulary rows and residual channels (Parts + 1 each).
+    private readonly int[] _heads, _ffn, _vocab, _chan;
     private readonly bool _useTeam;
     private DecodeTeam? _team;
     private int _teamBusy;
@@ -84,6 +92,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
         _freq = CpuOps.RopeFrequencies(_c.HeadDim);
         _scratch = new ThreadLocal<Scratch>(() => new Scratch(_c));
         _heads = Split(_c.NHead, 1);
+        _chan = Split(_c.NEmbd, 64);
         _ffn = Split(Math.Max(_c.DFfn, 0), 16);
         _vocab = Split(_c.VocabSize, 16);
         int want = threads ?? (Environment.GetEnvironmentVariable("PALM_CPU_DECODE_THREADS") == "1" ? 1 : 2);
@@ -142,17 +151,37 @@ internal sealed partial class FastCpuDecoder : IDisposable
         public readonly float[] Cos = new float[c.HeadDim / 2], Sin = new float[c.HeadDim / 2];
         // Where the QKV factor's relu2 output and the projection input are nonzero (SparseMatVec).
         public readonly int[] NzU = new int[c.DRank + SparseMatVec.Slack], NzY = new int[c.DQkv + SparseMatVec.Slack];
-        // The residual stream: every thread keeps the whole of it (each computes every update).
+        // The residual stream. A thread updates only its parts' channels (_chan); the other
+        // channels, whole after BeginToken, go stale in a team's threads after the first block.
         public readonly float[] X = new float[c.NEmbd];
         // Shared between the parts: the per-part partial sums, [application parity][part]. A thread
         // running both parts alone uses its own; a team uses the caller's (the worker's are idle).
-        // Two sets by parity because, with one barrier per application, a thread may write the
-        // next application's sums while the other still reads this one's: it cannot get two ahead.
+        // Two sets by parity because a thread may write the next application's sums while the
+        // other still reads this one's: it cannot get two ahead.
         public readonly float[][][] P = [Sums(Math.Max(c.DRank, 2 * c.NEmbd)), Sums(Math.Max(c.DRank, 2 * c.NEmbd))];
         public readonly float[][][] P2 = [Sums(Math.Max(c.DRank, c.NEmbd)), Sums(Math.Max(c.DRank, c.NEmbd))];
+        // The next block's input, exchanged at each application's second barrier ([parity]), and
+        // the first block's, which every thread computes for itself from the whole stream.
+        public readonly Exchange[] Ex = [new(c), new(c)];
+        public readonly Exchange Local = new(c);
 
         // Padded by a cache line on each side so the two threads' sums never share one.
-        private static float[][] Sums(int n) => [new float[Math.Max(1, n) + 32], new float[Math.Max(1, n) + 32]];
+        internal static float[][] Sums(int n) => [new float[Math.Max(1, n) + 32], new float[Math.Max(1, n) + 32]];
+    }
+
+    /// <summary>
+    /// What a block (or the head) needs of the residual stream x, each part's share from its
+    /// channels: the partial product of the input factor W1[:, channels] · x[channels] (factorized
+    /// input only), the sum of squares of x[channels] (part p at [8p], a cache line each) and the
+    /// channels themselves (XS: for a whole normalised input, where W1 is not factorized or an FFN
+    /// reads it). The norm's scale multiplies the summed partials afterwards:
+    /// W1 (x s) = s (W1 x), up to rounding.
+    /// </summary>
+    private sealed class Exchange(PalmConfig c)
+    {
+        public readonly float[][] PU = Scratch.Sums(c.DRank);
+        public readonly double[] SS = new double[8 * Parts];
+        public readonly float[] XS = new float[c.NEmbd + 32];
     }
 
     /// <summary>
@@ -243,19 +272,21 @@ internal sealed partial class FastCpuDecoder : IDisposable
 
     /// <summary>
     /// Runs parts [<paramref name="p0"/>, <paramref name="p1"/>) of one token for sequence
-    /// job.B. <paramref name="sh"/> holds the shared residual stream and partial sums;
+    /// job.B. <paramref name="sh"/> holds the shared partial sums and exchanges;
     /// <paramref name="team"/> (null when one thread runs all parts) supplies the barriers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private unsafe void Run(in Job job, Scratch s, Scratch sh, int p0, int p1, DecodeTeam? team, int tid)
     {
         var c = _c;
-        int C = c.NEmbd, hd = c.HeadDim;
+        int hd = c.HeadDim;
         var state = job.State;
         int b = job.B;
 
-        // RoPE angles, embedding (+ projection) and the input norm, whole in every thread.
+        // RoPE angles and the embedding (+ projection), normalised, whole in every thread; the
+        // first block's input from it, every part, locally.
         BeginToken(s, state.Position, job.Token);
+        for (int part = 0; part < Parts; part++) InputPartial(0, s.X, part, s.Local);
 
         for (int app = 0; app < c.Applications; app++)
         {
@@ -263,23 +294,14 @@ internal sealed partial class FastCpuDecoder : IDisposable
             var bp = _w.Blocks[l];
             var qkvT = _qkvT[l];
             var projT = _projT[l];
-            // Phase A: this thread's parts, from its own copy of the residual stream.
+            // Phase A: this thread's heads (and FFN channels), from the block's whole input.
             var P = sh.P[app & 1];
             var P2 = sh.P2[app & 1];
-            Norm(s.X, s.H);
-            var qkvIn = s.H.AsSpan();
-            if (bp.Qkv.Factorized)
-            {
-                var u = s.U.AsSpan(0, bp.Qkv.W1!.Rows);
-                bp.Qkv.W1.MatVec(s.H, u);
-                Relu2(u);
-                qkvIn = u;
-            }
+            var qkvIn = BlockInput(bp, s, app == 0 ? s.Local : sh.Ex[(app - 1) & 1]);
             var nzU = qkvT is null ? default : s.NzU.AsSpan(0, SparseMatVec.Nonzero(qkvIn, s.NzU));
             if (DensityCounts is { } dc && qkvT is not null && p0 == 0) { Interlocked.Add(ref dc[0], nzU.Length); Interlocked.Add(ref dc[1], qkvIn.Length); }
             var wQkv = bp.Qkv.Factorized ? bp.Qkv.W2! : bp.Qkv.W!;
             bool ffn = bp.Up is not null;
-            if (ffn && bp.Up!.Factorized) bp.Up.W1!.MatVec(s.H, s.Uf.AsSpan(0, bp.Up.W1.Rows));
             for (int part = p0; part < p1; part++)
             {
                 int j0 = _heads[part] * hd, j1 = _heads[part + 1] * hd, w = j1 - j0;
@@ -299,24 +321,21 @@ internal sealed partial class FastCpuDecoder : IDisposable
             }
             team?.Barrier(tid);
 
-            // Phase B, whole in every thread: partial sums added in part order (so the thread count
-            // never changes a bit), then the residual update of every channel.
+            // Phase B: the partial sums added in part order (so the thread count never changes a
+            // bit), then this thread's channels of the residual update and of the next input.
             SumPartials(s, bp, P, P2);
-            if (bp.Proj.Factorized) bp.Proj.W2!.MatVec(s.U2.AsSpan(0, bp.Proj.W1!.Rows), s.O.AsSpan(0, 2 * C));
-            if (ffn && bp.Down!.Factorized) bp.Down.W2!.MatVec(s.Ud.AsSpan(0, bp.Down.W1!.Rows), s.F);
-            ResidualUpdate(s, bp, P2);
+            var ex = sh.Ex[app & 1];
+            for (int part = p0; part < p1; part++)
+            {
+                ResidualPart(s, bp, part, P2);
+                InputPartial(app + 1, s.X, part, ex);
+            }
+            team?.Barrier(tid);
         }
 
-        // Final norm and unembedding: each part writes its vocabulary rows.
-        Norm(s.X, s.Xf);
-        ReadOnlySpan<float> unIn = s.Xf;
+        // The head's input, then each part's vocabulary rows.
+        var unIn = HeadInput(s, sh.Ex[(c.Applications - 1) & 1]);
         var un = _w.Unembed;
-        if (un.Factorized)
-        {
-            var u = s.U.AsSpan(0, un.W1!.Rows);
-            un.W1.MatVec(s.Xf, u);
-            unIn = u;
-        }
         var wUn = un.Factorized ? un.W2! : un.W!;
         for (int part = p0; part < p1; part++)
         {
@@ -325,6 +344,74 @@ internal sealed partial class FastCpuDecoder : IDisposable
         }
         // The caller returns (and may reuse the logits and state) only after both parts are done.
         team?.Barrier(tid);
+    }
+
+    // The input factor whose product application `app` reads (the head's after the last block):
+    // null when that input is not factorized.
+    private CpuMatrix? InputFactor(int app) =>
+        app < _c.Applications
+            ? _w.Blocks[_c.BlockOfApplication(app)].Qkv is { Factorized: true } q ? q.W1 : null
+            : _w.Unembed.Factorized ? _w.Unembed.W1 : null;
+
+    // Part `part`'s share of application `app`'s input (the head's after the last), from its
+    // channels of x, into ex (see Exchange).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private unsafe void InputPartial(int app, float[] x, int part, Exchange ex)
+    {
+        int c0 = _chan[part], cw = _chan[part + 1] - c0;
+        if (InputFactor(app) is { } w1) w1.MatVecCols(c0, cw, x.AsSpan(c0, cw), ex.PU[part].AsSpan(0, w1.Rows));
+        fixed (float* px = x) ex.SS[8 * part] = Fast.FastAodKernels.SumOfSquares(px + c0, cw);
+        x.AsSpan(c0, cw).CopyTo(ex.XS.AsSpan(c0, cw));
+    }
+
+    // 1 / rms(x) from the parts' sums of squares, added in part order.
+    private float InputScale(Exchange ex)
+    {
+        double ss = 0;
+        for (int part = 0; part < Parts; part++) ss += ex.SS[8 * part];
+        return (float)(1.0 / Math.Sqrt(ss / _c.NEmbd + CpuOps.RmsEps));
+    }
+
+    // u (n) = (Σ parts' partial products, in part order) · scale.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CombinePartials(Exchange ex, float scale, Span<float> u)
+    {
+        TensorPrimitives.Add(ex.PU[0].AsSpan(0, u.Length), ex.PU[1].AsSpan(0, u.Length), u);
+        TensorPrimitives.Multiply(u, scale, u);
+    }
+
+    // A block's input from an exchange: s.H, the whole normalised stream, where the QKV linear is
+    // not factorized or an FFN reads it (then the FFN's input factor into s.Uf); the QKV input
+    // (relu2 of the factor's output, or s.H) returned.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private Span<float> BlockInput(CpuBlock bp, Scratch s, Exchange ex)
+    {
+        float scale = InputScale(ex);
+        if (!bp.Qkv.Factorized || bp.Up is not null)
+        {
+            TensorPrimitives.Multiply(ex.XS.AsSpan(0, _c.NEmbd), scale, s.H);
+            if (bp.Up is { Factorized: true } up) up.W1!.MatVec(s.H, s.Uf.AsSpan(0, up.W1.Rows));
+        }
+        if (!bp.Qkv.Factorized) return s.H;
+        var u = s.U.AsSpan(0, bp.Qkv.W1!.Rows);
+        CombinePartials(ex, scale, u);
+        Relu2(u);
+        return u;
+    }
+
+    // The head's input from the last exchange: the factor's product (into s.U) or the whole
+    // normalised stream (into s.Xf).
+    private ReadOnlySpan<float> HeadInput(Scratch s, Exchange ex)
+    {
+        float scale = InputScale(ex);
+        if (_w.Unembed.Factorized)
+        {
+            var u = s.U.AsSpan(0, _w.Unembed.W1!.Rows);
+            CombinePartials(ex, scale, u);
+            return u;
+        }
+        TensorPrimitives.Multiply(ex.XS.AsSpan(0, _c.NEmbd), scale, s.Xf);
+        return s.Xf;
     }
 
     // A token's start: its RoPE angles at pos into s.Cos/s.Sin, its embedding (+ projection),
@@ -366,7 +453,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
 
     // The parts' partial sums, added in part order: the projection's into s.U2 (factorized; its
     // second factor is the caller's) or straight into s.O, the FFN down projection's into s.Ud
-    // (factorized; else ResidualUpdate adds them).
+    // (factorized; else ResidualGlue adds them).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void SumPartials(Scratch s, CpuBlock bp, float[][] P, float[][] P2)
     {
@@ -388,17 +475,36 @@ internal sealed partial class FastCpuDecoder : IDisposable
         }
     }
 
-    // x += a·silu(g) from s.O, then the FFN's output (s.F when factorized, else the parts' sums).
+    // Part `part`'s channels of the residual update: the projection's second factor's rows for
+    // them (factorized; else SumPartials summed s.O), x += a·silu(g), then the FFN's output
+    // (its down factor's rows, or the parts' sums).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private unsafe void ResidualUpdate(Scratch s, CpuBlock bp, float[][] P2)
+    private unsafe void ResidualPart(Scratch s, CpuBlock bp, int part, float[][] P2)
+    {
+        int C = _c.NEmbd, c0 = _chan[part], cw = _chan[part + 1] - c0;
+        if (cw == 0) return;
+        if (bp.Proj.Factorized)
+        {
+            var u2 = s.U2.AsSpan(0, bp.Proj.W1!.Rows);
+            bp.Proj.W2!.MatVecRows(c0, cw, u2, s.O.AsSpan(c0, cw));
+            bp.Proj.W2!.MatVecRows(C + c0, cw, u2, s.O.AsSpan(C + c0, cw));
+        }
+        if (bp.Down is { Factorized: true } down) down.W2!.MatVecRows(c0, cw, s.Ud.AsSpan(0, down.W1!.Rows), s.F.AsSpan(c0, cw));
+        ResidualGlue(s, bp, c0, cw, P2);
+    }
+
+    // x[c0, c0 + cw) += a·silu(g) from s.O, then the FFN's output there (s.F from its down
+    // factor where factorized, else the parts' sums).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private unsafe void ResidualGlue(Scratch s, CpuBlock bp, int c0, int cw, float[][] P2)
     {
         int C = _c.NEmbd;
-        fixed (float* po = s.O, px = s.X) Fast.FastMath.SwiGlu(po, po + C, px, px, C);   // x += a·silu(g)
+        fixed (float* po = s.O, px = s.X) Fast.FastMath.SwiGlu(po + c0, po + C + c0, px + c0, px + c0, cw);   // x += a·silu(g)
         if (bp.Down is { } down)
         {
-            var x = s.X.AsSpan();
-            var f = s.F.AsSpan();
-            if (!down.Factorized) TensorPrimitives.Add(P2[0].AsSpan(0, C), P2[1].AsSpan(0, C), f);
+            var x = s.X.AsSpan(c0, cw);
+            var f = s.F.AsSpan(c0, cw);
+            if (!down.Factorized) TensorPrimitives.Add(P2[0].AsSpan(c0, cw), P2[1].AsSpan(c0, cw), f);
             TensorPrimitives.Add(x, f, x);
         }
     }

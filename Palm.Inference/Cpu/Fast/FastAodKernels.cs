@@ -17,29 +17,7 @@ internal static unsafe class FastAodKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float RmsNorm(float* x, int n, float* y)
     {
-        double ss;
-        if (n % 8 == 0 && Vector256.IsHardwareAccelerated)
-        {
-            // Float partial sums per 64 channels added in double, as CpuOps.RmsNormRows.
-            ss = 0;
-            for (int i0 = 0; i0 < n; i0 += 64)
-            {
-                var acc = Vector256<float>.Zero;
-                int i1 = Math.Min(n, i0 + 64);
-                for (int i = i0; i < i1; i += 8) { var v = Vector256.Load(x + i); acc = Vector256.FusedMultiplyAdd(v, v, acc); }
-                ss += Vector256.Sum(acc);
-            }
-        }
-        else
-        {
-            ss = 0;
-            for (int i0 = 0; i0 < n; i0 += 64)
-            {
-                float part = 0;
-                for (int i = i0; i < Math.Min(n, i0 + 64); i++) part += x[i] * x[i];
-                ss += part;
-            }
-        }
+        double ss = SumOfSquares(x, n);
         float s = (float)(1.0 / Math.Sqrt(ss / n + CpuOps.RmsEps));
         int j = 0;
         if (Vector256.IsHardwareAccelerated)
@@ -49,6 +27,31 @@ internal static unsafe class FastAodKernels
         }
         for (; j < n; j++) y[j] = x[j] * s;
         return s;
+    }
+
+    /// <summary>Σ x² (n): float partial sums per 64 elements added in double, as CpuOps.RmsNormRows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static double SumOfSquares(float* x, int n)
+    {
+        double ss = 0;
+        if (n % 8 == 0 && Vector256.IsHardwareAccelerated)
+        {
+            for (int i0 = 0; i0 < n; i0 += 64)
+            {
+                var acc = Vector256<float>.Zero;
+                int i1 = Math.Min(n, i0 + 64);
+                for (int i = i0; i < i1; i += 8) { var v = Vector256.Load(x + i); acc = Vector256.FusedMultiplyAdd(v, v, acc); }
+                ss += Vector256.Sum(acc);
+            }
+            return ss;
+        }
+        for (int i0 = 0; i0 < n; i0 += 64)
+        {
+            float part = 0;
+            for (int i = i0; i < Math.Min(n, i0 + 64); i++) part += x[i] * x[i];
+            ss += part;
+        }
+        return ss;
     }
 
     /// <summary>dst (hd) = rope(src) with cos/sin rows of hd/2; dst may be src.</summary>

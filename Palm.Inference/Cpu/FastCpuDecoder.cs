@@ -603,8 +603,13 @@ internal sealed partial class FastCpuDecoder : IDisposable
     /// the probe's mean must beat the average by 10% to switch (means, not minima: a descheduled
     /// worker's cost is in the tail). A losing probe doubles the gap to the next one (32 up to 8,192 steps), so
     /// a bad mode costs little once found. The logits are identical in both modes.
+    /// A probe runs one step more than it times: while one core is preferred the worker sleeps,
+    /// and waking it costs the probe's first step tens of microseconds. Timed, that step made
+    /// every probe of the team lose, so one bad start (say, while the thread pool still spun
+    /// after other work) kept a session on one core for good: seen in the model benchmark, whose
+    /// decode after the training rows ran on one core at ~12k tokens/s where two give ~20k.
     /// </summary>
-    private sealed class TeamPolicy
+    internal sealed class TeamPolicy
     {
         private const int FirstGap = 32, MaxGap = 8192, ProbeSteps = 4;
         private bool _preferTeam = true, _teamStarted;
@@ -612,13 +617,15 @@ internal sealed partial class FastCpuDecoder : IDisposable
         private long _steps, _nextProbe = 2, _gap = FirstGap, _probeSum;
         private int _probeLeft;
 
+        /// <summary>Whether the next step should run on the team.</summary>
         public bool UseTeam()
         {
-            if (_probeLeft == 0 && _steps >= _nextProbe) { _probeLeft = ProbeSteps; _probeSum = 0; }
+            if (_probeLeft == 0 && _steps >= _nextProbe) { _probeLeft = ProbeSteps + 1; _probeSum = 0; }
             _steps++;
             return _probeLeft > 0 ? !_preferTeam : _preferTeam;
         }
 
+        /// <summary>The time of the step <see cref="UseTeam"/> just chose (in any unit).</summary>
         public void Record(bool team, long ticks)
         {
             // A team's first step starts its thread: not a step time.
@@ -628,6 +635,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
                 _avg = _avg == 0 ? ticks : _avg + (ticks - _avg) / 8;
                 return;
             }
+            if (_probeLeft == ProbeSteps + 1) { _probeLeft--; return; }   // the untimed first step
             _probeSum += ticks;
             if (--_probeLeft > 0) return;
             double mean = (double)_probeSum / ProbeSteps;

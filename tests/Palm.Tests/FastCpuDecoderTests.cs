@@ -228,6 +228,43 @@ public class FastCpuDecoderTwoCoreTests
         }
     }
 
+    // Drives the adaptive policy with simulated step times: one-core steps cost oneCore, team
+    // steps team, the first team step after one-core ones wakeUp more (the worker slept), and
+    // the first `badStart` team steps coldStart (a busy thread pool, a cold cache). Returns the
+    // share of team steps over the last half.
+    private static double TeamShare(long oneCore, long team, long wakeUp, int badStart, long coldStart)
+    {
+        var policy = new FastCpuDecoder.TeamPolicy();
+        const int Steps = 40_000;
+        int teamSteps = 0, teamSeen = 0;
+        bool last = true;
+        for (int i = 0; i < Steps; i++)
+        {
+            bool t = policy.UseTeam();
+            long ticks = t ? (teamSeen++ < badStart ? coldStart : team) + (last ? 0 : wakeUp) : oneCore;
+            policy.Record(t, ticks);
+            if (t && i >= Steps / 2) teamSteps++;
+            last = t;
+        }
+        return (double)teamSteps / (Steps / 2);
+    }
+
+    [Fact]
+    public void AdaptivePolicyFindsTheFasterModeDespiteABadStartAndWakeUps()
+    {
+        // Two cores 1.6x faster, but waking the worker costs ten team steps and the first 40 team
+        // steps are 5x slow: the policy must end up on the team (a timed wake-up made every probe
+        // of it lose, so such a start stayed on one core for good).
+        double share = TeamShare(oneCore: 100, team: 62, wakeUp: 600, badStart: 40, coldStart: 500);
+        Assert.True(share > 0.95, $"the team ran {share:P1} of the last steps; it is 1.6x faster");
+        // A loaded machine: the team 1.5x slower than one core. The policy must stay on one core.
+        share = TeamShare(oneCore: 100, team: 150, wakeUp: 600, badStart: 0, coldStart: 0);
+        Assert.True(share < 0.05, $"the team ran {share:P1} of the last steps; it is 1.5x slower");
+        // And when the team is faster from the start, it keeps it.
+        share = TeamShare(oneCore: 100, team: 62, wakeUp: 600, badStart: 0, coldStart: 0);
+        Assert.True(share > 0.95, $"the team ran {share:P1} of the last steps from a good start");
+    }
+
     [Fact]
     public void AdaptivePolicyMeasuresBothModesAndKeepsTheText()
     {

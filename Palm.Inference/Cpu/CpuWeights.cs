@@ -138,6 +138,25 @@ internal sealed class CpuMatrix
         else QuantizedMatVec.MatVecCols(_q!, Rows, Cols, col0, k, x[..k], y[..Rows]);
     }
 
+    /// <summary>
+    /// y (n) = W[row0 .. row0 + n, col0 .. col0 + k) · x (k): rows of <see cref="MatVecCols"/>, each
+    /// row's sum formed as there when the blocks are whole 16-row blocks of it (the batched decode
+    /// step's block-by-block order).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public unsafe void MatVecBlock(int row0, int n, int col0, int k, ReadOnlySpan<float> x, Span<float> y)
+    {
+        if (n == 0) return;
+        if (k == 0) { y[..n].Clear(); return; }
+        if (_f32 is { } w)
+        {
+            Debug.Assert(x.Length >= k && col0 >= 0 && col0 + k <= Cols && row0 >= 0 && row0 + n <= Rows && y.Length >= n);
+            fixed (float* pw = w) fixed (float* px = x) fixed (float* py = y)
+                FloatMatVec.MatVec(pw + _off + (long)row0 * Cols + col0, Cols, n, k, px, py);
+        }
+        else QuantizedMatVec.MatVecBlock(_q!, Rows, Cols, row0, n, col0, k, x[..k], y[..n]);
+    }
+
     /// <summary>y (m, Rows) = x (m, Cols) · Wᵀ, or y += that with <paramref name="accumulate"/> (prefill).</summary>
     public void MatMul(ReadOnlySpan<float> x, int m, Span<float> y, bool accumulate = false)
     {

@@ -81,11 +81,8 @@ internal sealed partial class FastCpuDecoder
         while (list.Count < G) list.Add(new Scratch(c));
         var nnzU = G <= 64 ? stackalloc int[G] : new int[G];
 
-        for (int g = 0; g < G; g++)
-        {
-            BeginToken(list[g], states[b0 + g].Position, tokens[b0 + g]);
-            for (int part = 0; part < Parts; part++) InputPartial(0, list[g].X, part, list[g].Local);
-        }
+        for (int g = 0; g < G; g++) BeginToken(list[g], states[b0 + g].Position, tokens[b0 + g]);
+        for (int part = 0; part < Parts; part++) InputPartials(0, part, list, G, static s => s.Local);
 
         for (int app = 0; app < c.Applications; app++)
         {
@@ -157,7 +154,7 @@ internal sealed partial class FastCpuDecoder
                     if (ffn && bp.Down!.Factorized) Rows(bp.Down.W2!, c0, cw, list, G, static s => s.Ud, static s => s.F, yOffset: c0, xLength: bp.Down.W1!.Rows);
                     for (int g = 0; g < G; g++) ResidualGlue(list[g], bp, c0, cw, list[g].P2[par]);
                 }
-                for (int g = 0; g < G; g++) InputPartial(app + 1, list[g].X, part, list[g].Ex[par]);
+                InputPartials(app + 1, part, list, G, par == 0 ? static s => s.Ex[0] : static s => s.Ex[1]);
             }
         }
 
@@ -182,6 +179,26 @@ internal sealed partial class FastCpuDecoder
                 if (n > RowBlock) break;
             }
         }
+    }
+
+    // InputPartial for every sequence g, the input factor's product block by block (Rows' blocks of
+    // the whole MatVecCols call).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void InputPartials(int app, int part, List<Scratch> list, int G, Func<Scratch, Exchange> ex)
+    {
+        int c0 = _chan[part], cw = _chan[part + 1] - c0;
+        if (InputFactor(app) is { } w1)
+        {
+            int n = w1.Rows;
+            for (int i = 0; i < n; i += RowBlock)
+            {
+                int nb = n - i < 2 * RowBlock ? n - i : RowBlock;
+                for (int g = 0; g < G; g++)
+                    w1.MatVecBlock(i, nb, c0, cw, list[g].X.AsSpan(c0, cw), ex(list[g]).PU[part].AsSpan(i, nb));
+                if (nb > RowBlock) break;
+            }
+        }
+        for (int g = 0; g < G; g++) InputChannels(list[g].X, part, ex(list[g]));
     }
 
     // y_g[yOffset + i] = (rows [row0, row0 + n) of m) · x_g for every sequence g, 16 rows at a

@@ -356,10 +356,17 @@ internal sealed partial class FastCpuDecoder : IDisposable
     // Part `part`'s share of application `app`'s input (the head's after the last), from its
     // channels of x, into ex (see Exchange).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private unsafe void InputPartial(int app, float[] x, int part, Exchange ex)
+    private void InputPartial(int app, float[] x, int part, Exchange ex)
     {
         int c0 = _chan[part], cw = _chan[part + 1] - c0;
         if (InputFactor(app) is { } w1) w1.MatVecCols(c0, cw, x.AsSpan(c0, cw), ex.PU[part].AsSpan(0, w1.Rows));
+        InputChannels(x, part, ex);
+    }
+
+    // InputPartial but the product: the sum of squares and the channels themselves.
+    private unsafe void InputChannels(float[] x, int part, Exchange ex)
+    {
+        int c0 = _chan[part], cw = _chan[part + 1] - c0;
         fixed (float* px = x) ex.SS[8 * part] = Fast.FastAodKernels.SumOfSquares(px + c0, cw);
         x.AsSpan(c0, cw).CopyTo(ex.XS.AsSpan(c0, cw));
     }
@@ -374,10 +381,18 @@ internal sealed partial class FastCpuDecoder : IDisposable
 
     // u (n) = (Σ parts' partial products, in part order) · scale.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void CombinePartials(Exchange ex, float scale, Span<float> u)
+    private static unsafe void CombinePartials(Exchange ex, float scale, Span<float> u)
     {
-        TensorPrimitives.Add(ex.PU[0].AsSpan(0, u.Length), ex.PU[1].AsSpan(0, u.Length), u);
-        TensorPrimitives.Multiply(u, scale, u);
+        int j = 0, n = u.Length;
+        fixed (float* a = ex.PU[0], b = ex.PU[1], y = u)
+        {
+            if (Vector512.IsHardwareAccelerated)
+            {
+                var sv = Vector512.Create(scale);
+                for (; j + 16 <= n; j += 16) ((Vector512.Load(a + j) + Vector512.Load(b + j)) * sv).Store(y + j);
+            }
+            for (; j < n; j++) y[j] = (a[j] + b[j]) * scale;
+        }
     }
 
     // A block's input from an exchange: s.H, the whole normalised stream, where the QKV linear is

@@ -117,6 +117,24 @@ internal static unsafe class QuantizedMatVec
         Product(isa, w, k, 0, n, col0, col0 + cols, x, y);
     }
 
+    /// <summary>
+    /// y (rows) = W[row0 .. row0 + rows, col0 .. col0 + cols) · x (cols): a block of rows of
+    /// <see cref="MatVecCols(QuantizedTensor, int, int, int, int, ReadOnlySpan{float}, Span{float})"/>,
+    /// each row's sum formed as there.
+    /// </summary>
+    public static void MatVecBlock(QuantizedTensor w, int n, int k, int row0, int rows, int col0, int cols, ReadOnlySpan<float> x, Span<float> y)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        CheckShape(w, n, k);
+        if (row0 < 0 || rows < 0 || (long)row0 + rows > n) throw new ArgumentOutOfRangeException(nameof(rows), $"rows [{row0}, {(long)row0 + rows}) outside [0, {n})");
+        if (col0 < 0 || cols < 0 || (long)col0 + cols > k) throw new ArgumentOutOfRangeException(nameof(cols), $"columns [{col0}, {(long)col0 + cols}) outside [0, {k})");
+        if (x.Length != cols || y.Length != rows)
+            throw new ArgumentException($"x holds {x.Length} (expected cols = {cols}), y {y.Length} (expected rows = {rows})");
+        if (rows == 0) return;
+        if (cols == 0) { y.Clear(); return; }
+        Product(Best, w, k, row0, rows, col0, col0 + cols, x, y);
+    }
+
     // y[i] = Σ_{j in [c0, c1)} W[row0 + i, j] x[j - c0] for i in [0, rows): the one body of every
     // matrix-vector entry point (arguments already checked).
     private static void Product(QuantIsa isa, QuantizedTensor w, int k, int row0, int rows, int c0, int c1, ReadOnlySpan<float> x, Span<float> y)

@@ -219,6 +219,37 @@ public sealed class QuantizedMatVecTests
             $"{isa} matmul {dtype} m={m} n={n} k={k} G={g} block={block} parallel={parallel} (PALM_TEST_SEED={seed})", 0, n);
     }
 
+    [Theory]
+    [InlineData("f32")]
+    [InlineData("q8")]
+    [InlineData("q4")]
+    public void MatVecBlock_rows_are_the_bits_of_MatVecCols(string dtype)
+    {
+        // The batched decode step cuts an input factor's column-slice product into 16-row blocks
+        // (the last taking a tail under 32 rows); every row must come out as in the whole call.
+        ulong seed = TestSeed.Next();
+        var rng = new Palm.Inference.Model.Rng(seed);
+        foreach (var (rows, cols, c0, k) in new[] { (64, 256, 128, 128), (64, 256, 0, 128), (37, 96, 32, 64), (50, 64, 0, 64), (20, 48, 16, 32) })
+        {
+            var w = Enumerable.Range(0, rows * cols).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            var m = dtype == "f32" ? new CpuMatrix("w", rows, cols, w).Aligned()
+                : new CpuMatrix("w", rows, cols, QuantizedTensor.Quantize(w, dtype == "q8" ? TensorDType.Q8 : TensorDType.Q4, dtype == "q8" ? cols : 16));
+            var x = Enumerable.Range(0, k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            var whole = new float[rows];
+            m.MatVecCols(c0, k, x, whole);
+            var blocks = new float[rows];
+            for (int i = 0; i < rows; i += 16)
+            {
+                int nb = rows - i < 32 ? rows - i : 16;
+                m.MatVecBlock(i, nb, c0, k, x, blocks.AsSpan(i, nb));
+                if (nb > 16) break;
+            }
+            for (int i = 0; i < rows; i++)
+                Assert.True(BitConverter.SingleToInt32Bits(whole[i]) == BitConverter.SingleToInt32Bits(blocks[i]),
+                    $"seed {seed} {dtype} ({rows}x{cols}, cols [{c0}, {c0 + k})): row {i} is {blocks[i]:R} in blocks, {whole[i]:R} whole");
+        }
+    }
+
     [Fact]
     public void HalfToSingle_equals_the_Half_cast_for_every_finite_value()
     {

@@ -364,6 +364,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
     }
 
     // InputPartial but the product: the sum of squares and the channels themselves.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private unsafe void InputChannels(float[] x, int part, Exchange ex)
     {
         int c0 = _chan[part], cw = _chan[part + 1] - c0;
@@ -416,6 +417,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
 
     // The head's input from the last exchange: the factor's product (into s.U) or the whole
     // normalised stream (into s.Xf).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ReadOnlySpan<float> HeadInput(Scratch s, Exchange ex)
     {
         float scale = InputScale(ex);

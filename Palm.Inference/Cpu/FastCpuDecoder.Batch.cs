@@ -198,7 +198,7 @@ internal sealed partial class FastCpuDecoder
                 if (nb > RowBlock) break;
             }
         }
-        for (int g = 0; g < G; g++) InputChannels(list[g].X, part, ex(list[g]));
+        for (int g = 0; g < G; g++) InputChannels(app, list[g].X, part, ex(list[g]));
     }
 
     // y_g[yOffset + i] = (rows [row0, row0 + n) of m) · x_g for every sequence g, 16 rows at a

@@ -156,8 +156,9 @@ internal sealed partial class FastCpuDecoder : IDisposable
         public readonly float[] X = new float[c.NEmbd];
         // Shared between the parts: the per-part partial sums, [application parity][part]. A thread
         // running both parts alone uses its own; a team uses the caller's (the worker's are idle).
-        // Two sets by parity because a thread may write the next application's sums while the
-        // other still reads this one's: it cannot get two ahead.
+        // Two sets by parity: with two barriers per application one would do (a set is written
+        // again only after a barrier that its readers pass after reading it); the second keeps a
+        // whole phase between them, should the phases ever change.
         public readonly float[][][] P = [Sums(Math.Max(c.DRank, 2 * c.NEmbd)), Sums(Math.Max(c.DRank, 2 * c.NEmbd))];
         public readonly float[][][] P2 = [Sums(Math.Max(c.DRank, c.NEmbd)), Sums(Math.Max(c.DRank, c.NEmbd))];
         // The next block's input, exchanged at each application's second barrier ([parity]), and
@@ -353,6 +354,13 @@ internal sealed partial class FastCpuDecoder : IDisposable
             ? _w.Blocks[_c.BlockOfApplication(app)].Qkv is { Factorized: true } q ? q.W1 : null
             : _w.Unembed.Factorized ? _w.Unembed.W1 : null;
 
+    // Whether application `app` (the head after the last) reads its whole normalised input (s.H or
+    // s.Xf, from the exchanged channels): an input linear that is not factorized, or an FFN.
+    private bool ReadsWholeInput(int app) =>
+        app < _c.Applications
+            ? _w.Blocks[_c.BlockOfApplication(app)] is var bp && (!bp.Qkv.Factorized || bp.Up is not null)
+            : !_w.Unembed.Factorized;
+
     // Part `part`'s share of application `app`'s input (the head's after the last), from its
     // channels of x, into ex (see Exchange).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -360,16 +368,17 @@ internal sealed partial class FastCpuDecoder : IDisposable
     {
         int c0 = _chan[part], cw = _chan[part + 1] - c0;
         if (InputFactor(app) is { } w1) w1.MatVecCols(c0, cw, x.AsSpan(c0, cw), ex.PU[part].AsSpan(0, w1.Rows));
-        InputChannels(x, part, ex);
+        InputChannels(app, x, part, ex);
     }
 
-    // InputPartial but the product: the sum of squares and the channels themselves.
+    // InputPartial but the product: the sum of squares and, where they are read, the channels
+    // (not written otherwise: the two parts' channels may share a cache line).
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private unsafe void InputChannels(float[] x, int part, Exchange ex)
+    private unsafe void InputChannels(int app, float[] x, int part, Exchange ex)
     {
         int c0 = _chan[part], cw = _chan[part + 1] - c0;
         fixed (float* px = x) ex.SS[8 * part] = Fast.FastAodKernels.SumOfSquares(px + c0, cw);
-        x.AsSpan(c0, cw).CopyTo(ex.XS.AsSpan(c0, cw));
+        if (ReadsWholeInput(app)) x.AsSpan(c0, cw).CopyTo(ex.XS.AsSpan(c0, cw));
     }
 
     // 1 / rms(x) from the parts' sums of squares, added in part order.
@@ -403,7 +412,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
     private Span<float> BlockInput(CpuBlock bp, Scratch s, Exchange ex)
     {
         float scale = InputScale(ex);
-        if (!bp.Qkv.Factorized || bp.Up is not null)
+        if (!bp.Qkv.Factorized || bp.Up is not null)    // ReadsWholeInput
         {
             TensorPrimitives.Multiply(ex.XS.AsSpan(0, _c.NEmbd), scale, s.H);
             if (bp.Up is { Factorized: true } up) up.W1!.MatVec(s.H, s.Uf.AsSpan(0, up.W1.Rows));

@@ -7,9 +7,10 @@
 //
 // exp: x = n·ln2 + r with |r| <= ln2/2 (n rounded to nearest with the 1.5·2^23 trick, ln2 in two
 // parts so n·ln2hi is exact), e^r by its Taylor series to r^7 (truncation < 6e-9 relative),
-// times 2^n built in the exponent bits. Within 2 ulp of MathF.Exp on [-87, 88] (tested); the input
-// is clamped to that range, so e^x never overflows to inf nor underflows to a subnormal: below
-// -87 the result is ~1.6e-38 instead of smaller, which no caller here can tell from 0.
+// times 2^n built in the exponent bits. Within 2 ulp of the correctly rounded e^x on [-87, 88]
+// (tested); the input is clamped to that range, so e^x never overflows to inf nor underflows to
+// a subnormal: below -87 the result is ~1.6e-38 instead of smaller, which no caller here can
+// tell from 0. NaN stays NaN.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 

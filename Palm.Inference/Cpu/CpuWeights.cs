@@ -160,9 +160,6 @@ internal sealed class CpuMatrix
     /// <summary>y (m, Rows) = x (m, Cols) · Wᵀ, or y += that with <paramref name="accumulate"/> (prefill).</summary>
     public void MatMul(ReadOnlySpan<float> x, int m, Span<float> y, bool accumulate = false)
     {
-        // One row (a prompt's last position through the head): the decode kernels, which read
-        // each weight once; a GEMM would pack the whole matrix (1 MB for `small`'s head) for it.
-        if (m == 1 && !accumulate) { MatVec(x[..Cols], y[..Rows]); return; }
         if (_f32 is not null) CpuOps.MatMulABt(x, Float32Span, m, Rows, Cols, y, accumulate);
         else QuantizedMatVec.MatMul(QuantizedMatVec.Best, _q!, x[..(m * Cols)], m, Rows, Cols, y[..(m * Rows)], parallel: true, rowsPerBlock: 0, accumulate);
     }

@@ -157,6 +157,10 @@ internal static class Gemm
         public bool Acc;
 
         // Panel p holds columns p*NR .. p*NR+NR-1 of C as [kk][NR], zero-padded past column N.
+        // Compiled optimised from the first call, as PackA and Job: unoptimised code does not
+        // inline the vector transposes (a first reply's prompt after start-up took 8-10 ms instead
+        // of 2-3 until the tiering caught up).
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void PackB(int p)
         {
             int nr = Nr, k = K;
@@ -209,6 +213,7 @@ internal static class Gemm
         }
 
         // Rows i0..i0+rows-1 (rows ≤ MR), k0..k0+kl-1 into [kk][MR], zero-padded past the last row.
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void PackA(float* dst, int i0, int rows, int k0, int kl)
         {
             int mr = Mr;
@@ -275,6 +280,7 @@ internal static class Gemm
             X86.Avx.Permute2x128(u3, u7, 0x31).Store(dst + 7 * ldd);
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Job(int j)
         {
             int rj = j / Groups, g = j % Groups;

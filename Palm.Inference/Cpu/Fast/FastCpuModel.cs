@@ -7,6 +7,7 @@
 // float32 or q8/q4 (the CPU backend of a quantized file; QuantizedMatVec.MatMul decodes blocks of
 // rows into scratch, never the whole matrix). Not thread-safe: one instance per trainer or session.
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Cpu.Fast;
@@ -132,11 +133,9 @@ internal sealed unsafe class FastCpuModel
             {
                 int F = c.DFfn;
                 Linear(bp.Up, at.H, rows, at.M!, at.Up!, relu2: false);
-                ParallelRows(rows, 8, (r0, r1) =>
-                {
-                    fixed (float* pm = at.M, pz = at.Gated)
-                        for (int i = r0; i < r1; i++) FastMath.SwiGlu(pm + (long)i * 2 * F, pm + (long)i * 2 * F + F, null, pz + (long)i * F, F);
-                });
+                var m = at.M!;
+                var gated = at.Gated!;
+                ParallelRows(rows, 8, (r0, r1) => SwiGluRows(m, gated, r0, r1, F));
                 // Down projection added onto the residual by the GEMM's accumulate.
                 LinearAcc(bp.Down!, at.Gated!, rows, xNext, at.Down!);
             }
@@ -212,13 +211,27 @@ internal sealed unsafe class FastCpuModel
         ParallelRows(rows, 32, (r0, r1) => CpuOps.RmsNormRows(x.AsSpan(r0 * n, (r1 - r0) * n), r1 - r0, n, y.AsSpan(r0 * n, (r1 - r0) * n), inv.AsSpan(r0, r1 - r0)));
 
     /// <summary>xNext = x + o[:, :C] ⊙ silu(o[:, C:]).</summary>
-    private static unsafe void SwiGluResidual(float[] o, float[] x, int rows, int C, float[] xNext) =>
-        ParallelRows(rows, 32, (r0, r1) =>
-        {
-            fixed (float* po = o, px = x, pn = xNext)
-                for (int i = r0; i < r1; i++)
-                    FastMath.SwiGlu(po + (long)i * 2 * C, po + (long)i * 2 * C + C, px + (long)i * C, pn + (long)i * C, C);
-        });
+    private static void SwiGluResidual(float[] o, float[] x, int rows, int C, float[] xNext) =>
+        ParallelRows(rows, 32, (r0, r1) => SwiGluResidualRows(o, x, xNext, r0, r1, C));
+
+    // Rows [r0, r1) of SwiGluResidual. Compiled optimised from the first call (as SwiGluRows):
+    // unoptimised code would not inline FastMath's vector exp, and a first reply's prompt runs
+    // this before the tiering catches up.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void SwiGluResidualRows(float[] o, float[] x, float[] xNext, int r0, int r1, int C)
+    {
+        fixed (float* po = o, px = x, pn = xNext)
+            for (int i = r0; i < r1; i++)
+                FastMath.SwiGlu(po + (long)i * 2 * C, po + (long)i * 2 * C + C, px + (long)i * C, pn + (long)i * C, C);
+    }
+
+    // gated[i] = m[i, :F] ⊙ silu(m[i, F:]) for rows [r0, r1).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void SwiGluRows(float[] m, float[] gated, int r0, int r1, int F)
+    {
+        fixed (float* pm = m, pz = gated)
+            for (int i = r0; i < r1; i++) FastMath.SwiGlu(pm + (long)i * 2 * F, pm + (long)i * 2 * F + F, null, pz + (long)i * F, F);
+    }
 
     /// <summary>
     /// AoD per (sequence, head): QK-norm, RoPE, gate, causal running sums (in double, as the
@@ -232,7 +245,8 @@ internal sealed unsafe class FastCpuModel
         var qkv = at.QkvOut;
         if (!FastAodKernels.Vectorised(hd)) { AodScalar(at, batch, t, cos, sin, state, app); return; }
         // Short prompts stay on this thread (see AodSerialBelow).
-        For(batch * H, (long)batch * t * D, job =>
+        // (Optimised from the first call: unoptimised code would not inline the vector helpers.)
+        For(batch * H, (long)batch * t * D, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (int job) =>
         {
             int b = job / H, hh = job % H, o = hh * hd;
             double* sRun = stackalloc double[hd];

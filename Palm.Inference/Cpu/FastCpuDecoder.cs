@@ -146,7 +146,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
         public readonly float[] U = new float[Math.Max(1, c.DRank)], U2 = new float[Math.Max(1, Math.Max(c.DRank, 2 * c.NEmbd))];
         public readonly float[] Uf = new float[Math.Max(1, c.DRank)], Ud = new float[Math.Max(1, Math.Max(c.DRank, c.NEmbd))];
         public readonly float[] Qkv = new float[3 * c.DQkv], G = new float[c.DQkv], Y = new float[c.DQkv];
-        public readonly float[] O = new float[2 * c.NEmbd], Tmp = new float[Math.Max(c.NEmbd, Math.Max(c.DFfn, 1))];
+        public readonly float[] O = new float[2 * c.NEmbd];
         public readonly float[] M = new float[Math.Max(1, 2 * c.DFfn)], Z = new float[Math.Max(1, c.DFfn)], F = new float[c.NEmbd];
         public readonly float[] Cos = new float[c.HeadDim / 2], Sin = new float[c.HeadDim / 2];
         // Where the QKV factor's relu2 output and the projection input are nonzero (SparseMatVec).
@@ -357,9 +357,9 @@ internal sealed partial class FastCpuDecoder : IDisposable
     // Whether application `app` (the head after the last) reads its whole normalised input (s.H or
     // s.Xf, from the exchanged channels): an input linear that is not factorized, or an FFN.
     private bool ReadsWholeInput(int app) =>
-        app < _c.Applications
-            ? _w.Blocks[_c.BlockOfApplication(app)] is var bp && (!bp.Qkv.Factorized || bp.Up is not null)
-            : !_w.Unembed.Factorized;
+        app < _c.Applications ? ReadsWholeInput(_w.Blocks[_c.BlockOfApplication(app)]) : !_w.Unembed.Factorized;
+
+    private static bool ReadsWholeInput(CpuBlock bp) => !bp.Qkv.Factorized || bp.Up is not null;
 
     // Part `part`'s share of application `app`'s input (the head's after the last), from its
     // channels of x, into ex (see Exchange).
@@ -412,7 +412,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
     private Span<float> BlockInput(CpuBlock bp, Scratch s, Exchange ex)
     {
         float scale = InputScale(ex);
-        if (!bp.Qkv.Factorized || bp.Up is not null)    // ReadsWholeInput
+        if (ReadsWholeInput(bp))
         {
             TensorPrimitives.Multiply(ex.XS.AsSpan(0, _c.NEmbd), scale, s.H);
             if (bp.Up is { Factorized: true } up) up.W1!.MatVec(s.H, s.Uf.AsSpan(0, up.W1.Rows));

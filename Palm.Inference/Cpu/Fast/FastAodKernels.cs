@@ -188,13 +188,12 @@ internal static unsafe class FastAodKernels
 
     // DecodeStep with 16 lanes (hd a multiple of 32, so RoPE's halves are whole vectors): the
     // normed and rotated q and k stay in registers, each pair of channels (j, j + hd/2) is
-    // finished where it is rotated. The same arithmetic as the 8-lane path but for the order of
-    // the squares' partial sums.
+    // finished where it is rotated. The same arithmetic as the 8-lane path.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void DecodeStep512(float* q, float* k, float* v, float* cos, float* sin, float* S, float* Z, float* y, int hd)
     {
-        var sq = Vector512.Create(InvRms(q, hd));
-        var sk = Vector512.Create(InvRms(k, hd));
+        var sq = Vector512.Create((float)(1.0 / Math.Sqrt(SumOfSquares(q, hd) / hd + CpuOps.RmsEps)));
+        var sk = Vector512.Create((float)(1.0 / Math.Sqrt(SumOfSquares(k, hd) / hd + CpuOps.RmsEps)));
         int half = hd / 2;
         for (int j = 0; j < half; j += 16)
         {
@@ -203,20 +202,6 @@ internal static unsafe class FastAodKernels
             var ka = Vector512.Load(k + j) * sk; var kb = Vector512.Load(k + half + j) * sk;
             Mix(qa * c + qb * s, ka * c + kb * s, v + j, S + j, Z == null ? null : Z + j, y + j);
             Mix(-qa * s + qb * c, -ka * s + kb * c, v + half + j, S + half + j, Z == null ? null : Z + half + j, y + half + j);
-        }
-
-        static float InvRms(float* x, int n)
-        {
-            // Float partial sums per 64 channels added in double, as RmsNorm.
-            double ss = 0;
-            for (int i0 = 0; i0 < n; i0 += 64)
-            {
-                var acc = Vector512<float>.Zero;
-                int i1 = Math.Min(n, i0 + 64);
-                for (int i = i0; i < i1; i += 16) { var xv = Vector512.Load(x + i); acc = Vector512.FusedMultiplyAdd(xv, xv, acc); }
-                ss += Vector512.Sum(acc);
-            }
-            return (float)(1.0 / Math.Sqrt(ss / n + CpuOps.RmsEps));
         }
 
         static void Mix(Vector512<float> qr, Vector512<float> kr, float* v, float* S, float* Z, float* y)

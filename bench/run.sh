@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 PALM_SETUP_PEERS=1 scripts/setup.sh
 dotnet build bench/Palm.Bench -c Release -v q -nologo
 dotnet run --project bench/Palm.Bench -c Release --no-build -- model --config small "$@"
+# The float32 decode ratio again, each peer run bracketed by ours (the VM drifts by 1.5x in minutes).
+dotnet run --project bench/Palm.Bench -c Release --no-build -- model --config small --pairs 7
 dotnet run --project bench/Palm.Bench -c Release --no-build -- tokenizer --mb 10 --vocab 8192

@@ -18,12 +18,16 @@ namespace Palm.Bench;
 
 public static class ModelBench
 {
-    public sealed record Row(string Backend, string What, double TokensPerSecond, double MedianMs, int Reps);
+    /// <summary>One measurement; <paramref name="ForeignLoad"/>: the peer's share of the CPUs other processes used while it was timed.</summary>
+    public sealed record Row(string Backend, string What, double TokensPerSecond, double MedianMs, int Reps, double? ForeignLoad = null);
 
-    /// <summary>Usage: <c>[--config small] [--reps 7] [--warmup 2] [--warmup-seconds 5] [--no-peer] [--decode-only] [--write PATH]</c>.</summary>
+    private const string Usage = "[--config small] [--reps 7] [--warmup 2] [--warmup-seconds 5] [--no-peer] [--decode-only] [--pairs N] [--write PATH]";
+
+    /// <summary>Usage: <c>[--config small] [--reps 7] [--warmup 2] [--warmup-seconds 5] [--no-peer] [--decode-only] [--pairs N] [--write PATH]</c>.
+    /// <c>--pairs N</c>: only the float32 batch-1 decode, N times alternated with the peer's (see <see cref="DecodePairs"/>).</summary>
     public static int Run(string[] args)
     {
-        string preset = "small"; int reps = 7, warmup = 2; bool peer = true, decodeOnly = false; string? write = null;
+        string preset = "small"; int reps = 7, warmup = 2, pairs = 0; bool peer = true, decodeOnly = false; string? write = null;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -34,10 +38,13 @@ public static class ModelBench
                 case "--warmup-seconds" when i + 1 < args.Length: MinWarmupSeconds = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-peer": peer = false; break;
                 case "--decode-only": decodeOnly = true; break;
+                case "--pairs" when i + 1 < args.Length: pairs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--write" when i + 1 < args.Length: write = args[++i]; break;
-                default: Console.Error.WriteLine($"model bench: unknown argument '{args[i]}'. Usage: [--config small] [--reps 7] [--warmup 2] [--warmup-seconds 5] [--no-peer] [--decode-only] [--write PATH]"); return 2;
+                default: Console.Error.WriteLine($"model bench: unknown argument '{args[i]}'. Usage: {Usage}"); return 2;
             }
         }
+        if (pairs < 0 || reps < 1) { Console.Error.WriteLine($"model bench: --pairs must be >= 0 and --reps >= 1. Usage: {Usage}"); return 2; }
+        if (pairs > 0) return DecodePairs(preset, pairs, reps, warmup, write);
         var config = PalmConfig.Preset(preset);
         int batch = 8, t = config.BlockSize, V = config.VocabSize;
         var rng = new Rng(7);
@@ -79,21 +86,12 @@ public static class ModelBench
 
         // Batch-1 generation the peer's way: parallel prefill of a 32-token prompt (which yields
         // the first new token), then greedy O(1) steps until 256 new tokens exist.
-        const int Prompt = 32, NewTokens = 256, PrefillLen = 256;
+        const int PrefillLen = 256;
         var prompt = Enumerable.Range(0, Prompt).Select(_ => rng.NextInt(V)).ToArray();
         using var fast = new FastCpuDecoder(p);
         using var fastOne = new FastCpuDecoder(p, threads: 1);
-        int Generate(Action<int[], AodStateSet, float[]> step, bool fastPrefill)
-        {
-            var st = new AodStateSet(config, 1);
-            var logits = fastPrefill
-                ? fastModel.Forward(prompt, 1, Prompt, st, lastOnly: true).AsSpan(0, V).ToArray()
-                : model.Forward(prompt, 1, Prompt, st).AsSpan((Prompt - 1) * V, V).ToArray();
-            int tok = Palm.Inference.Sampling.Sampler.ArgMax(logits);
-            var one = new int[1];
-            for (int i = 1; i < NewTokens; i++) { one[0] = tok; step(one, st, logits); tok = Palm.Inference.Sampling.Sampler.ArgMax(logits); }
-            return tok;
-        }
+        int Generate(Action<int[], AodStateSet, float[]> step, bool fastPrefill) =>
+            GenerateGreedy(config, prompt, NewTokens, step, fastPrefill ? fastModel : null, fastPrefill ? null : model);
         // Two cores (adaptive) and one, timed alternately after the same warm-up, so JIT tiering
         // and the machine's load drift hit both alike.
         var (two, one) = TimeInterleaved(NewTokens, Math.Max(warmup, 3), reps,
@@ -131,6 +129,80 @@ public static class ModelBench
         Console.WriteLine();
         Console.WriteLine(table);
         if (write is not null) { File.AppendAllText(write, table + "\n"); Console.WriteLine($"appended to {write}"); }
+        return 0;
+    }
+
+    // Batch-1 generation the peer's way (torch_palm_bench.py's PROMPT_LEN and NEW_TOKENS).
+    private const int Prompt = 32, NewTokens = 256;
+
+    // A prompt's prefill (fast or reference forward), which yields the first new token, then
+    // greedy steps until `newTokens` exist; returns the last token (so nothing is optimised away).
+    private static int GenerateGreedy(PalmConfig config, int[] prompt, int newTokens, Action<int[], AodStateSet, float[]> step,
+        FastCpuModel? fastModel, CpuReferenceModel? model)
+    {
+        int V = config.VocabSize;
+        var st = new AodStateSet(config, 1);
+        var logits = fastModel is not null
+            ? fastModel.Forward(prompt, 1, prompt.Length, st, lastOnly: true).AsSpan(0, V).ToArray()
+            : model!.Forward(prompt, 1, prompt.Length, st).AsSpan((prompt.Length - 1) * V, V).ToArray();
+        int tok = Palm.Inference.Sampling.Sampler.ArgMax(logits);
+        var one = new int[1];
+        for (int i = 1; i < newTokens; i++) { one[0] = tok; step(one, st, logits); tok = Palm.Inference.Sampling.Sampler.ArgMax(logits); }
+        return tok;
+    }
+
+    /// <summary>
+    /// The float32 batch-1 decode ratio, measured in pairs: N times, our decode (the two-core
+    /// adaptive decoder, the median of at least 101 generations, ~2 s) is timed right before and right after one run of the
+    /// peer's decode, and the pair's ratio is the mean of ours over the peer's. On a shared
+    /// machine whose speed drifts by 1.5x within minutes, a ratio from one run of each, a minute
+    /// apart (the plain `model` run), measures the drift as much as the code; bracketing each peer
+    /// run and taking the median pair cancels slow drift. Pairs where the peer reports other
+    /// processes on the CPUs (foreign load over 5 %) are listed but left out of the median.
+    /// </summary>
+    private static int DecodePairs(string preset, int pairs, int reps, int warmup, string? write)
+    {
+        var config = PalmConfig.Preset(preset);
+        var rng = new Rng(7);
+        var p = new PalmParameters(config);
+        p.InitTraining(rng);
+        var fastModel = new FastCpuModel(p);
+        // The same prompt as Run's: it draws its training batch (inputs and targets) first.
+        for (int i = 0; i < 2 * 8 * config.BlockSize; i++) rng.NextInt(config.VocabSize);
+        var prompt = Enumerable.Range(0, Prompt).Select(_ => rng.NextInt(config.VocabSize)).ToArray();
+        using var fast = new FastCpuDecoder(p);
+        Action gen = () => GenerateGreedy(config, prompt, NewTokens, (t, s, l) => fast.Step(t, s, l), fastModel, null);
+        // ~2 s a side (at ~20 ms a generation): a window nearer the peer run's several seconds.
+        int side = Math.Max(reps, 101);
+        Console.WriteLine($"Palm.Bench model --pairs {pairs}: preset {preset}, float32 batch-1 decode ({Prompt}-token prompt, {NewTokens} new tokens), median of {side} generations each side of each peer run, {Environment.ProcessorCount} cores, load {GemmBench.LoadAverage()}");
+        var sb = new StringBuilder();
+        sb.AppendLine($"| {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC `{preset}` pair | ours before (tok/s) | peer (tok/s) | ours after (tok/s) | peer foreign load | ratio |");
+        sb.AppendLine("|---|---|---|---|---|---|");
+        var kept = new List<double>();
+        var all = new List<double>();
+        for (int i = 0; i < pairs; i++)
+        {
+            var before = Time("csharp-cpu-fast", "decode", NewTokens, i == 0 ? Math.Max(warmup, 3) : 1, side, gen);
+            var peerRow = RunPeer(preset, "decode").FirstOrDefault(r => r.What == "decode");
+            var after = Time("csharp-cpu-fast", "decode", NewTokens, 1, side, gen);
+            if (peerRow is null) { Console.WriteLine("pairs: the peer gave no decode row; stopping"); return 1; }
+            double ours = (before.TokensPerSecond + after.TokensPerSecond) / 2, ratio = ours / peerRow.TokensPerSecond;
+            bool disturbed = peerRow.ForeignLoad is > 0.05;
+            all.Add(ratio);
+            if (!disturbed) kept.Add(ratio);
+            string fl = peerRow.ForeignLoad is { } f ? $"{f:F2}" : "n/a";
+            string line = $"| {i + 1} | {before.TokensPerSecond:F0} | {peerRow.TokensPerSecond:F0} | {after.TokensPerSecond:F0} | {fl} | {(disturbed ? $"({ratio:F1}x)" : $"{ratio:F1}x")} |";
+            Console.WriteLine(line);
+            sb.AppendLine(line);
+        }
+        static double Median(List<double> v) { var o = v.Order().ToList(); return o.Count % 2 == 1 ? o[o.Count / 2] : (o[o.Count / 2 - 1] + o[o.Count / 2]) / 2; }
+        string summary = kept.Count > 0
+            ? $"median ratio {Median(kept):F1}x over {kept.Count} undisturbed pairs (range {kept.Min():F1}-{kept.Max():F1}x); all {all.Count} pairs: {Median(all):F1}x"
+            : $"every pair's peer run was disturbed; median of all {all.Count}: {Median(all):F1}x";
+        sb.AppendLine();
+        sb.AppendLine(summary);
+        Console.WriteLine(summary);
+        if (write is not null) { File.AppendAllText(write, sb.ToString() + "\n"); Console.WriteLine($"appended to {write}"); }
         return 0;
     }
 
@@ -324,7 +396,8 @@ public static class ModelBench
             using var doc = JsonDocument.Parse(line);
             var r = doc.RootElement;
             string blas = r.TryGetProperty("blas", out var b) ? b.GetString() ?? "?" : "?";
-            rows.Add(new Row($"pytorch-cpu ({blas})", r.GetProperty("what").GetString()!, r.GetProperty("tokens_per_s").GetDouble(), r.GetProperty("median_s").GetDouble() * 1000, r.GetProperty("reps").GetInt32()));
+            double? foreign = r.TryGetProperty("foreign_load", out var fl) && fl.ValueKind == JsonValueKind.Number ? fl.GetDouble() : null;
+            rows.Add(new Row($"pytorch-cpu ({blas})", r.GetProperty("what").GetString()!, r.GetProperty("tokens_per_s").GetDouble(), r.GetProperty("median_s").GetDouble() * 1000, r.GetProperty("reps").GetInt32(), foreign));
         }
         proc.WaitForExit();
         var errText = err.Result;

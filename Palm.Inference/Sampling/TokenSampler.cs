@@ -12,7 +12,7 @@
 // V 4,096 219 -> 16, V 4,096 top-k 40 239 -> 25, V 4,096 without top-p 220 -> 16, V 65,536
 // 4,510 -> 331 (a full sort and V scalar exps each token before). Large gathers (flat
 // distributions) are radix-sorted. Without top-k the row's mass is summed in the histogram's pass
-// (a chain of dependent adds, V long, alone ~3-4 us at V 4,096): 17.4-18.0 -> 15.9-16.3 us
+// (a chain of V dependent adds, now beside the histogram's work): 17.4-18.0 -> 15.9-16.3 us
 // (N(0, 3²)); a flat row (N(0, 1), ~2,600 tokens gathered and sorted) stays at ~64 us.
 using System.Runtime.CompilerServices;
 using Palm.Inference.Model;

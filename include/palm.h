@@ -2,6 +2,9 @@
  * palm.h - the C ABI of Palm.Native (libpalm.so, a NativeAOT build of native/Palm.Native.Interop).
  *
  * Build the library with scripts/build-native.sh (out/native/libpalm.so); samples/c-embed shows use.
+ * libpalm.so loads, on first use, the build beside it for this CPU's x86-64 level
+ * (libpalm-x86-64-v4.so, -v3.so or -v2.so: ship all four files); PALM_CPU_LEVEL forces a lower one.
+ * If none loads, every call fails with PALM_ERR_INTERNAL and palm_last_error() says why.
  *
  * Conventions
  *  - Functions that can fail return a palm_status: PALM_OK (0) or a positive error code. On failure
@@ -21,7 +24,8 @@
  *  - A palm_session runs one call at a time: a second call on the same session while one runs
  *    fails with PALM_ERR_BUSY. The exception is palm_session_cancel, which is meant to be called
  *    from another thread while palm_session_generate runs.
- *  - The token callback runs on the thread that called palm_session_generate.
+ *  - The token callback runs on the thread that called palm_session_generate. While its session is
+ *    the model's only one generating, the decoding runs on that thread too (it is blocked anyway).
  *  - palm_last_error() is per thread (a thread's message is freed at its next failure or at process
  *    exit, not when the thread ends).
  *  - Free a session before, or after, its model: a session outliving its model fails with

@@ -257,8 +257,9 @@ public static unsafe class Exports
         };
     }
 
-    // Drives the async stream from the caller's thread (compute runs on the thread pool) and hands each
-    // piece to the callback on that same thread.
+    // Drives the async stream from the caller's thread and hands each piece to the callback on that
+    // same thread. The caller is blocked until the generation ends anyway, so a lone session's
+    // decoding steps run on it too (BatchScheduler.CallerBlocks): no thread hand-off a token.
     private static PalmStopReason Generate(PalmSession session, string prompt, GenerationOptions options, CancellationToken ct,
         delegate* unmanaged<byte*, nuint, void*, int> callback, void* user)
     {
@@ -266,6 +267,8 @@ public static unsafe class Exports
         var e = stream.GetAsyncEnumerator(ct);
         bool stoppedByCallback = false;
         byte[] buffer = new byte[256];
+        bool blocked = BatchScheduler.CallerBlocks;
+        BatchScheduler.CallerBlocks = true;
         try
         {
             while (Wait(e.MoveNextAsync()))
@@ -283,6 +286,7 @@ public static unsafe class Exports
         }
         finally
         {
+            BatchScheduler.CallerBlocks = blocked;
             var d = e.DisposeAsync();
             if (!d.IsCompleted) d.AsTask().GetAwaiter().GetResult();
             else d.GetAwaiter().GetResult();

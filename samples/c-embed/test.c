@@ -3,6 +3,8 @@
  * With PALM_EXPECT_MODEL_ID set, the model's id must equal it (the id .NET computes for that model:
  * scripts/build-native.sh passes samples/c-embed/palm-kjv.id, which a Palm.Tests test pins too).
  * Exits 0 when every check passes; prints each failure and exits 1 otherwise. */
+#define _GNU_SOURCE   /* RTLD_DEFAULT */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -320,7 +322,12 @@ int main(int argc, char **argv) {
     palm_memory_info mem;
     EXPECT_OK(palm_model_memory(model, &mem));
     CHECK(mem.weight_bytes > 0 && mem.session_bytes > 0, "memory %lld %lld", (long long)mem.weight_bytes, (long long)mem.session_bytes);
-    fprintf(stderr, "palm-abi-test: libpalm %s on %s\n", palm_version(), desc);
+    /* libpalm.so dispatches to the build for this CPU's level (native/dispatch); PALM_CPU_LEVEL forces one. */
+    const char *(*dispatch_level)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "palm_dispatch_level");
+    const char *level = dispatch_level ? dispatch_level() : "(no dispatcher)";
+    const char *forced = getenv("PALM_CPU_LEVEL");
+    if (forced && *forced) CHECK(level && strcmp(level, forced) == 0, "dispatched to %s, PALM_CPU_LEVEL=%s", level ? level : "(none)", forced);
+    fprintf(stderr, "palm-abi-test: libpalm %s (%s build) on %s\n", palm_version(), level ? level : "(none)", desc);
     char id[PALM_MODEL_ID_SIZE];
     EXPECT_OK(palm_model_id(model, id, sizeof id));
     CHECK(strlen(id) == 64, "id '%s'", id);

@@ -1,6 +1,7 @@
 // Where a decoding step runs: a lone session consumed on the thread pool steps inline on its own
-// pool thread (no hand-off to the scheduler thread and back), and a consumer thread outside the
-// pool (a game's main loop) never runs a backend call, inline or not.
+// pool thread (no hand-off to the scheduler thread and back), a consumer thread outside the pool
+// (a game's main loop) never runs a backend call, inline or not, unless it blocks on the
+// generation anyway and says so (the C ABI's palm_session_generate).
 using System.Collections.Concurrent;
 using Palm.Inference;
 using Palm.Inference.Backends;
@@ -52,6 +53,38 @@ public sealed class SchedulerThreadTests
         // Most steps run on pool threads (the session's own), not on the scheduler thread.
         int inline = steps.Count(c => c.Pool && c.Name != "Palm scheduler");
         Assert.True(inline >= steps.Length / 2, $"only {inline} of {steps.Length} steps ran inline");
+    }
+
+    [Fact]
+    public void A_caller_that_blocks_on_its_generation_runs_the_steps_itself_with_the_same_text()
+    {
+        var (model, backend) = Load();
+        using var _ = model;
+        (string Text, int Steps, int OnCaller) Generate(bool callerBlocks)
+        {
+            using var s = model.CreateSession();
+            int consumer = -1, before = backend.Calls.Count;
+            var text = new System.Text.StringBuilder();
+            var t = new Thread(() =>
+            {
+                consumer = Environment.CurrentManagedThreadId;
+                BatchScheduler.CallerBlocks = callerBlocks;
+                var e = s.GenerateAsync("In the beginning", Options).GetAsyncEnumerator();
+                while (e.MoveNextAsync().AsTask().GetAwaiter().GetResult()) text.Append(e.Current);
+                e.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            });
+            t.Start();
+            t.Join();
+            var calls = backend.Calls.Skip(before + 1).ToArray();   // after the prompt's prefill
+            return (text.ToString(), calls.Length, calls.Count(c => c.Id == consumer));
+        }
+        var plain = Generate(callerBlocks: false);
+        var blocking = Generate(callerBlocks: true);
+        Assert.Equal(plain.Text, blocking.Text);
+        Assert.Equal(0, plain.OnCaller);
+        // All steps but the first (it follows the prefill on the pool) run on the caller's thread.
+        Assert.True(blocking.OnCaller >= blocking.Steps - 1, $"{blocking.OnCaller} of {blocking.Steps} steps ran on the blocked caller's thread");
+        Assert.True(blocking.Steps >= 8, $"only {blocking.Steps} steps");
     }
 
     [Fact]

@@ -39,12 +39,12 @@ samples/c-embed/palm-abi-test "$model" cpu
 samples/c-embed/palm-abi-test "$model" vulkan
 # Every build this CPU runs, forced through the dispatcher, on the CPU backend.
 for level in "${levels[@]}"; do
-  if [[ $(PALM_CPU_LEVEL=$level samples/c-embed/palm-abi-test "$model" cpu 2>&1 | tee /tmp/palm-abi-$level.log | tail -1) == *" 0 failed" ]]; then
-    echo "build-native: $level build: $(tail -1 /tmp/palm-abi-$level.log)"
-  elif grep -q "above what this CPU runs" /tmp/palm-abi-$level.log 2>/dev/null; then
+  if [[ $(PALM_CPU_LEVEL=$level samples/c-embed/palm-abi-test "$model" cpu 2>&1 | tee out/native/abi-test-$level.log | tail -1) == *" 0 failed" ]]; then
+    echo "build-native: $level build: $(tail -1 out/native/abi-test-$level.log)"
+  elif grep -q "above what this CPU runs" out/native/abi-test-$level.log 2>/dev/null; then
     echo "build-native: $level build not tested (this CPU runs less)"
   else
-    cat /tmp/palm-abi-$level.log >&2; echo "build-native: the $level build failed its ABI test" >&2; exit 1
+    cat out/native/abi-test-$level.log >&2; echo "build-native: the $level build failed its ABI test" >&2; exit 1
   fi
 done
 echo "build-native: ok in $((SECONDS - start)) s"

@@ -3,8 +3,8 @@
  * Why: NativeAOT compiles for one instruction-set level, fixed at build time. Built for the
  * portable baseline, every `Avx2.IsSupported` / `Vector256.IsHardwareAccelerated` check in the
  * library folds to false, so the decoder's vector kernels never run: measured on the development
- * VM (AVX-512), the built-in model decoded ~160 us a token through the C ABI against ~50 us built
- * for x86-64-v3 and ~30 for x86-64-v4. A build for a higher level refuses to start on an older
+ * VM (AVX-512), the built-in model decoded 98-102 us a token through the C ABI built for
+ * x86-64-v2, 23.5 for x86-64-v3 and 14-16.5 for x86-64-v4. A build for a higher level refuses to start on an older
  * CPU. So scripts/build-native.sh publishes three builds beside this file, libpalm-x86-64-v4.so,
  * libpalm-x86-64-v3.so and libpalm-x86-64-v2.so, and the first call loads the best one this CPU
  * (and OS) runs, falling back to lower levels if a file is missing. PALM_CPU_LEVEL (x86-64-v2,

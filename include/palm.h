@@ -1,5 +1,5 @@
 /*
- * palm.h - the C ABI of Palm.Native (libpalm.so, a NativeAOT build of native/Palm.Native.Interop).
+ * palm.h - the C ABI of Palm.Native (libpalm.so: a dispatcher over NativeAOT builds of native/Palm.Native.Interop).
  *
  * Build the library with scripts/build-native.sh (out/native/libpalm.so); samples/c-embed shows use.
  * libpalm.so loads, on first use, the build beside it for this CPU's x86-64 level

@@ -13,7 +13,7 @@ done
 
 start=$SECONDS
 # NativeAOT fixes the instruction-set level at build time (a build for the portable baseline never
-# runs the vector kernels; one for a higher level will not start on an older CPU), so the library
+# runs the 256- and 512-bit kernels; one for a higher level will not start on an older CPU), so the library
 # is published once per x86-64 level, and out/native/libpalm.so is a small C dispatcher
 # (native/dispatch) that loads the best build this CPU runs and forwards every call to it.
 # PalmNativeAot turns on PublishAot and NativeLib=Shared in that project only (see its .csproj).

@@ -2,7 +2,7 @@
  *
  * Why: NativeAOT compiles for one instruction-set level, fixed at build time. Built for the
  * portable baseline, every `Avx2.IsSupported` / `Vector256.IsHardwareAccelerated` check in the
- * library folds to false, so the decoder's vector kernels never run: measured on the development
+ * library folds to false, so the decoder's 256- and 512-bit kernels never run: measured on the development
  * VM (AVX-512), the built-in model decoded 98-102 us a token through the C ABI built for
  * x86-64-v2, 23.5 for x86-64-v3 and 14-16.5 for x86-64-v4. A build for a higher level refuses to start on an older
  * CPU. So scripts/build-native.sh publishes three builds beside this file, libpalm-x86-64-v4.so,

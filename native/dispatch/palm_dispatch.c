@@ -114,7 +114,6 @@ __attribute__((visibility("default"))) const char *palm_dispatch_level(void) {
 }
 
 /* Forwarders. Without a build, statuses are PALM_ERR_INTERNAL, strings say why, params are zero. */
-#define FAIL_palm_status return PALM_ERR_INTERNAL;
 #define FORWARD(ret, name, params, args) \
     __attribute__((visibility("default"))) ret name params { \
         if (ready()) return p_##name args; \

@@ -1,6 +1,8 @@
 // Simple sampling for tools (trainer samples, demo): greedy at temperature 0, otherwise
 // temperature + top-k + top-p from the caller's seeded RNG via the sessions' TokenSampler.
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using Palm.Inference.Model;
 
 namespace Palm.Inference.Sampling;
@@ -32,9 +34,54 @@ public static class Sampler
         return new TokenSampler(logits.Length).Sample(logits, settings, NoHistory, rng);
     }
 
-    /// <summary>Index of the largest logit (first on ties).</summary>
+    /// <summary>
+    /// Index of the largest logit (first on ties; NaNs never win unless the first logit is one,
+    /// -0 and +0 tie; 0 for an empty row): exactly <see cref="ArgMaxScalar"/>'s answer.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int ArgMax(ReadOnlySpan<float> logits)
+    {
+        // Greedy decoding calls this once a token over the whole vocabulary: the plain loop's
+        // dependent compare-and-branch took 2.5-3.4 us a `small` token (V 4,096; ~5 % of a
+        // ~60 us two-core step), these two vector passes over the row (in L1) 0.4: the largest
+        // value by the same `>` rule lane-wise, then the first index holding a value equal to it.
+        int n = logits.Length;
+        if (!Vector256.IsHardwareAccelerated || n < 64 || float.IsNaN(logits[0])) return ArgMaxScalar(logits);
+        ref float r = ref MemoryMarshal.GetReference(logits);
+        const int W = 8;   // Vector256<float>.Count
+        int last = n - W;
+        // Four independent chains: one compare-and-select chain is latency-bound.
+        var m0 = Vector256.Create(logits[0]);
+        Vector256<float> m1 = m0, m2 = m0, m3 = m0;
+        int i = 0;
+        for (; i + 4 * W <= n; i += 4 * W)
+        {
+            m0 = Larger(Vector256.LoadUnsafe(ref r, (nuint)i), m0);
+            m1 = Larger(Vector256.LoadUnsafe(ref r, (nuint)(i + W)), m1);
+            m2 = Larger(Vector256.LoadUnsafe(ref r, (nuint)(i + 2 * W)), m2);
+            m3 = Larger(Vector256.LoadUnsafe(ref r, (nuint)(i + 3 * W)), m3);
+        }
+        for (; i < last; i += W) m0 = Larger(Vector256.LoadUnsafe(ref r, (nuint)i), m0);
+        m0 = Larger(Vector256.LoadUnsafe(ref r, (nuint)last), m0);   // the tail, overlapping: max is idempotent
+        var m = Larger(Larger(m0, m1), Larger(m2, m3));
+        float best = m.GetElement(0);
+        for (int j = 1; j < W; j++) if (m.GetElement(j) > best) best = m.GetElement(j);
+        var b = Vector256.Create(best);
+        for (i = 0; i <= last; i += W)
+        {
+            uint eq = Vector256.Equals(Vector256.LoadUnsafe(ref r, (nuint)i), b).ExtractMostSignificantBits();
+            if (eq != 0) return i + System.Numerics.BitOperations.TrailingZeroCount(eq);
+        }
+        for (i = last; i < n; i++) if (logits[i] == best) return i;
+        return 0;   // unreachable: best is one of the row's values
+
+        // Lane-wise: v where v > m, else m (a NaN in v never replaces m; m never holds one).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static Vector256<float> Larger(Vector256<float> v, Vector256<float> m) => Vector256.ConditionalSelect(Vector256.GreaterThan(v, m), v, m);
+    }
+
+    /// <summary>The plain loop <see cref="ArgMax"/> is checked against.</summary>
+    internal static int ArgMaxScalar(ReadOnlySpan<float> logits)
     {
         int best = 0;
         for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;

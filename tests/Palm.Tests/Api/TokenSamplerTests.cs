@@ -29,6 +29,38 @@ public sealed class TokenSamplerTests
     }
 
     [Fact]
+    public void The_vector_argmax_gives_the_plain_loops_index_on_every_kind_of_row()
+    {
+        // Rows of many lengths (the vector path starts at 64, with an overlapping tail), drawn
+        // from a few values so ties are common, with NaNs, signed zeros and infinities mixed in.
+        var rng = new Rng(TestSeed.Next());
+        float[] specials = [float.NaN, 0f, -0f, float.NegativeInfinity, float.PositiveInfinity, 1f, -1f];
+        int checkedRows = 0;
+        foreach (int n in new[] { 0, 1, 7, 63, 64, 65, 71, 72, 100, 257, 4096, 4099 })
+            for (int trial = 0; trial < 60; trial++)
+            {
+                var row = new float[n];
+                int kind = trial % 6;
+                for (int i = 0; i < n; i++)
+                    row[i] = kind switch
+                    {
+                        0 => (float)rng.NextGaussian(),
+                        1 => rng.NextInt(4),                                // many ties
+                        2 => specials[rng.NextInt(specials.Length)],
+                        3 => rng.NextInt(8) == 0 ? float.NaN : -(float)rng.NextInt(3),
+                        4 => rng.NextInt(2) == 0 ? -0f : 0f,
+                        _ => -1000f,
+                    };
+                if (kind == 5 && n > 0) row[rng.NextInt(n)] = -999f;       // one winner anywhere, the tail included
+                if (trial % 7 == 3 && n > 0) row[0] = float.NaN;          // a NaN first: the loop keeps index 0
+                int want = Sampler.ArgMaxScalar(row), got = Sampler.ArgMax(row);
+                Assert.True(want == got, $"n {n}, kind {kind}, trial {trial}: vector argmax {got} ({(got < n ? row[got] : float.NaN)}), loop {want} ({(n > 0 ? row[want] : float.NaN)})");
+                checkedRows++;
+            }
+        Assert.Equal(12 * 60, checkedRows);
+    }
+
+    [Fact]
     public void Bias_and_penalties_move_the_choice()
     {
         var t = new TokenSampler(Logits.Length);

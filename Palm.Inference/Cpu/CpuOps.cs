@@ -23,6 +23,11 @@ internal static class CpuOps
         if (a.Length < (long)m * k || b.Length < (long)n * k || c.Length < (long)m * n)
             throw new ArgumentException($"matmul shapes: A {a.Length} < {m}x{k} or B {b.Length} < {n}x{k} or C {c.Length} < {m}x{n}");
         bool parallel = (long)m * n * k >= ParallelThreshold && Environment.ProcessorCount > 1;
+        // One to three rows (a prefill's last-position unembedding, the reference's decoding)
+        // read the whole of B for few multiply-adds: handing them to the pool costs more than
+        // they do (a `small` unembedding, 0.26 M, ~10 us here), and the pool thread it wakes
+        // then spins on the second core while a decoder's team wants it. Same bound as Gemm's.
+        if (m < 4 && (long)m * n * k < Gemm.SerialBelow) parallel = false;
         if (m >= 4 && Gemm.Supported)
         {
             unsafe

@@ -38,7 +38,7 @@ internal static class Gemm
     // costs ~10-30 µs, and one core does 4 M multiply-adds in ~40-80 µs. Measured on the 2-vCPU
     // development VM, a 32-token `small` prefill (GEMMs of 0.5-3 M multiply-adds): 2.3-3.3 ms with
     // the old 0.5 M threshold, 1.6-1.7 ms serial (and steadier: the second vCPU comes and goes).
-    private const long SerialBelow = 1L << 22;
+    internal const long SerialBelow = 1L << 22;
 
     /// <summary>Always true: the portable kernel covers machines without AVX.</summary>
     public static bool Supported => true;

@@ -761,13 +761,32 @@ internal sealed partial class FastCpuDecoder : IDisposable
             if (tid == 0) { mine = ++_arrivals; Volatile.Write(ref _counters[16], mine); other = 8; }
             else { mine = Volatile.Read(ref _counters[8]) + 1; Volatile.Write(ref _counters[8], mine); other = 16; }
             int spins = 0;
+            long start = 0;
             while (Volatile.Read(ref _counters[other]) < mine)
             {
                 if (_fault is { } f) throw new InvalidOperationException("the decode worker failed", f);
                 if (Volatile.Read(ref _stop) != 0 && tid == 1) throw new OperationCanceledException();
-                if (++spins < 4096) Thread.SpinWait(1);
-                else Thread.Yield();   // the other thread was descheduled: give the core back
+                Pause();
+                // A wait is normally under 2 us; past ~50 us the other thread was descheduled:
+                // give the core back (the clock read once every 256 polls).
+                if ((++spins & 255) == 0)
+                {
+                    if (start == 0) start = Stopwatch.GetTimestamp();
+                    else if (Stopwatch.GetTimestamp() - start > YieldAfterTicks) Thread.Yield();
+                }
             }
+        }
+
+        private static readonly long YieldAfterTicks = Stopwatch.Frequency / 20_000;
+
+        // One poll's pause: the x86 PAUSE instruction where there is one. Thread.SpinWait(1)
+        // calls into the runtime; polling with PAUSE instead made `small` decoding 2-3 % faster
+        // (55.3 against 56.6 and 57.5 against 59.2 us a token, alternated in one process).
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void Pause()
+        {
+            if (X86Base.IsSupported) X86Base.Pause();
+            else Thread.SpinWait(1);
         }
 
         private void WorkerLoop()
@@ -782,7 +801,8 @@ internal sealed partial class FastCpuDecoder : IDisposable
                     while (Volatile.Read(ref _counters[0]) == seen)
                     {
                         if (Volatile.Read(ref _stop) != 0) return;
-                        if (++spins < 64 || Stopwatch.GetTimestamp() - start < IdleSpinTicks) { Thread.SpinWait(8); continue; }
+                        Pause();
+                        if ((++spins & 63) != 0 || Stopwatch.GetTimestamp() - start < IdleSpinTicks) continue;
                         Interlocked.Exchange(ref _sleeping, 1);      // full fence before the re-check
                         if (Volatile.Read(ref _counters[0]) == seen && Volatile.Read(ref _stop) == 0) _wake.Wait();
                         Interlocked.Exchange(ref _sleeping, 0);

@@ -150,7 +150,9 @@ public sealed class PalmModel : IDisposable
     /// <see cref="Backend.Vulkan"/> the device buffers (each rounded up to 4 bytes). On
     /// <see cref="Backend.Cpu"/> the decoder also holds transposed copies of each block's QKV second
     /// factor and projection input factor (float32, or q8 levels), which let a token skip the weights
-    /// of inputs that are zero (about half of them); they are counted here.
+    /// of inputs that are zero (about half of them); they are counted here. It also keeps, not
+    /// counted here, a table of what the start of a step makes of a token id (at most a quarter of
+    /// these bytes).
     /// </summary>
     public long WeightBytes => _backend.WeightBytes;
 

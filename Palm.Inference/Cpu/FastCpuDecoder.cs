@@ -37,6 +37,14 @@
 // projection input factors once more: 2.1 MB for `small` in float32) and rounding in another
 // order (each output sums its terms in input order).
 //
+// The start of a step. Before the first block, every thread made the same things of the token
+// id: its embedding row, projection and norm, and each part's share of the first block's input
+// (for `small` two 64 KB products a thread). With the weights fixed that depends on the id alone,
+// so a direct-mapped table keeps it per id (TokenStartMemo, a quarter of the weights' bytes:
+// ~800 of `small`'s ids), filled with exactly what the step computed: the same bits either way.
+// `small` two-core steps 66.0 -> 63.8 (varied tokens) and 78.9 -> 70.2 us (greedy; medians,
+// alternated in one process on a noisy stretch; p25 63.7 -> 60.5 and 68.0 -> 65.6).
+//
 // Weights are CpuWeights: each matrix float32 or q8/q4 as stored (CpuMatrix branches once per
 // product). The split points are multiples of head_dim or 16, not of the quantization group, so a
 // part's column slice may begin or end inside a group (q8 keeps one scale per row by default) or,
@@ -72,6 +80,10 @@ internal sealed partial class FastCpuDecoder : IDisposable
     // the QKV second factor and the projection's input factor. Null where unsupported (quantized
     // without AVX-512) or switched off.
     private readonly TransposedMatrix?[] _qkvT, _projT;
+    // The start of a step per token id (StartToken): made at the first step (a model just loaded
+    // holds no more than its weights), never when _memoSlots is 0 (switched off, or too small to help).
+    private TokenStartMemo? _memo;
+    private readonly int _memoSlots;
 
     /// <param name="parameters">The weights, copied to 64-byte boundaries (CpuWeights.Aligned): later
     /// changes to them are not seen.</param>
@@ -85,7 +97,9 @@ internal sealed partial class FastCpuDecoder : IDisposable
     /// (SparseMatVec; float32 matrices, and q8/q4 where AVX-512 runs; at the cost of a transposed
     /// copy of them). Null: yes unless <c>PALM_CPU_DECODE_SPARSE=0</c> (a switch for measuring the
     /// difference).</param>
-    public FastCpuDecoder(CpuWeights weights, int? threads = null, bool? sparseInputs = null)
+    /// <param name="tokenStartSlots">Slots of the token-start table (TokenStartMemo): 0 switches it
+    /// off. Null: what a quarter of the weights' bytes holds, unless <c>PALM_CPU_DECODE_MEMO=0</c>.</param>
+    public FastCpuDecoder(CpuWeights weights, int? threads = null, bool? sparseInputs = null, int? tokenStartSlots = null)
     {
         _w = weights;
         _c = weights.Config;
@@ -101,12 +115,22 @@ internal sealed partial class FastCpuDecoder : IDisposable
         bool sparse = sparseInputs ?? Environment.GetEnvironmentVariable("PALM_CPU_DECODE_SPARSE") != "0";
         _qkvT = [.. _w.Blocks.Select(bp => sparse && bp.Qkv.Factorized && TransposedMatrix.Supports(bp.Qkv.W2!) ? new TransposedMatrix(bp.Qkv.W2!) : null)];
         _projT = [.. _w.Blocks.Select(bp => bp.Proj.Factorized ? bp.Proj.W1! : bp.Proj.W!).Select(m => sparse && TransposedMatrix.Supports(m) ? new TransposedMatrix(m) : null)];
+        // A quarter of the weights' bytes for the token-start table: ~800 of `small`'s 4,096 ids
+        // (1.2 MB); text keeps coming back to a few hundred.
+        int r = InputFactor(0)?.Rows ?? 0;
+        int slots = tokenStartSlots ?? (Environment.GetEnvironmentVariable("PALM_CPU_DECODE_MEMO") == "0" ? 0
+            : TokenStartMemo.SlotsFor(_w.Bytes / 4, _c.VocabSize, _c.NEmbd, r, Parts));
+        if (slots < 0) throw new ArgumentOutOfRangeException(nameof(tokenStartSlots), "must be >= 0");
+        _memoSlots = Math.Min(slots, _c.VocabSize);
     }
 
     public PalmConfig Config => _c;
 
     /// <summary>Bytes of the transposed copies behind the zero-skipping products (held besides the weights).</summary>
     public long CopyBytes => _qkvT.Concat(_projT).Sum(t => t?.Bytes ?? 0);
+
+    /// <summary>Bytes of the token-start table (0 when off or before the first step).</summary>
+    public long MemoBytes => Volatile.Read(ref _memo)?.Bytes ?? 0;
 
     /// <summary>
     /// When set, counts the inputs of the zero-skipping products and how many were nonzero ([0]/[1]:
@@ -286,8 +310,7 @@ internal sealed partial class FastCpuDecoder : IDisposable
 
         // RoPE angles and the embedding (+ projection), normalised, whole in every thread; the
         // first block's input from it, every part, locally.
-        BeginToken(s, state.Position, job.Token);
-        for (int part = 0; part < Parts; part++) InputPartial(0, s.X, part, s.Local);
+        StartToken(s, state.Position, job.Token);
 
         for (int app = 0; app < c.Applications; app++)
         {
@@ -445,15 +468,52 @@ internal sealed partial class FastCpuDecoder : IDisposable
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void BeginToken(Scratch s, long pos, int token)
     {
+        Rope(s, pos);
+        Embed(s, token);
+    }
+
+    // The RoPE angles' cosines and sines at pos. The zero frequencies (the second half) give
+    // exactly cos 1, sin 0: only the first half calls SinCos.
+    private void Rope(Scratch s, long pos)
+    {
         for (int j = 0; j < _c.HeadDim / 2; j++)
         {
+            if (_freq[j] == 0) { s.Cos[j] = 1; s.Sin[j] = 0; continue; }
             var (sin, cos) = Math.SinCos(pos * _freq[j]);
             s.Cos[j] = (float)cos;
             s.Sin[j] = (float)sin;
         }
+    }
+
+    // The token's embedding (+ projection), normalised, into s.X.
+    private void Embed(Scratch s, int token)
+    {
         ReadOnlySpan<float> e = _w.Embed.Row(token, s.Er);
         if (_w.EmbedProj is { } proj) { proj.MatVec(e, s.E); e = s.E; }
         Norm(e, s.X);
+    }
+
+    // BeginToken, then every part's share of the first block's input into s.Local: from the
+    // memo where it holds the token (TokenStartMemo: the same bits), else computed and stored.
+    private void StartToken(Scratch s, long pos, int token)
+    {
+        Rope(s, pos);
+        var ex = s.Local;
+        var memo = Volatile.Read(ref _memo);
+        if (memo is null && _memoSlots > 0)
+        {
+            Interlocked.CompareExchange(ref _memo, new TokenStartMemo(_memoSlots, _c.NEmbd, InputFactor(0)?.Rows ?? 0, Parts), null);
+            memo = Volatile.Read(ref _memo);
+        }
+        if (memo is not null && memo.TryRead(token, s.X, ex.PU, ex.SS))
+        {
+            // The channels themselves, where the first block reads them whole (InputChannels).
+            if (ReadsWholeInput(0)) s.X.AsSpan(0, _c.NEmbd).CopyTo(ex.XS);
+            return;
+        }
+        Embed(s, token);
+        for (int part = 0; part < Parts; part++) InputPartial(0, s.X, part, ex);
+        memo?.Write(token, s.X, ex.PU, ex.SS);
     }
 
     // The FFN's channels of one part: up products and SwiGLU gate into s.Z, then the down

@@ -52,7 +52,8 @@ internal sealed class CpuBackend : IInferenceBackend
         logits.AsSpan(0, V).CopyTo(lastLogits);
     }
 
-    // Logits for every row (sampled ones included: the session's host sampler is as cheap as any).
+    // Logits for every row (sampled ones included: the session's host sampler is as cheap as any);
+    // a lone sequence's plain-argmax request gets its id too.
     public void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<SampleRequest?> requests, Span<float> logits, Span<int> ids)
     {
         int B = states.Count, V = Config.VocabSize;
@@ -60,7 +61,11 @@ internal sealed class CpuBackend : IInferenceBackend
         if (!ids.IsEmpty) ids[..B].Fill(-1);
         if (B == 1)
         {
-            _decoder.Step(tokens, states[0].Set, logits[..V]);
+            // A plain-argmax request (greedy, no bias or penalty in play): the decoder takes the
+            // argmax part by part where the logits are still in cache, and the id goes back.
+            if (!ids.IsEmpty && requests.Length > 0 && requests[0] is { PlainArgmax: true })
+                ids[0] = _decoder.StepArgMax(tokens[0], states[0].Set, logits[..V]);
+            else _decoder.Step(tokens, states[0].Set, logits[..V]);
             return;
         }
         // Sessions sit at different positions, so each keeps its own batch-1 state; the decoder

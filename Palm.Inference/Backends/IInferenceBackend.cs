@@ -51,8 +51,8 @@ internal interface IInferenceBackend : IDisposable
     /// with (null: the caller needs the logits). For every row the backend writes either
     /// ids[b] = the token TokenSampler picks for requests[b] (the argmax, lowest index on ties,
     /// when the request is the plain argmax; logits row b may be left unwritten) or ids[b] = -1
-    /// and logits row b (V). A backend may always choose logits (the CPU does); ids may be empty
-    /// when requests is.
+    /// and logits row b (V). A backend may always choose logits (the CPU does, but for a lone
+    /// sequence's plain argmax, where it writes both); ids may be empty when requests is.
     /// </summary>
     void Step(ReadOnlySpan<int> tokens, IReadOnlyList<SequenceState> states, ReadOnlySpan<SampleRequest?> requests, Span<float> logits, Span<int> ids);
 

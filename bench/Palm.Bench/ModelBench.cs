@@ -90,12 +90,12 @@ public static class ModelBench
         var prompt = Enumerable.Range(0, Prompt).Select(_ => rng.NextInt(V)).ToArray();
         using var fast = new FastCpuDecoder(p);
         using var fastOne = new FastCpuDecoder(p, threads: 1);
-        int Generate(Action<int[], AodStateSet, float[]> step, bool fastPrefill) =>
+        int Generate(Func<int, AodStateSet, float[], int> step, bool fastPrefill) =>
             GenerateGreedy(config, prompt, NewTokens, step, fastPrefill ? fastModel : null, fastPrefill ? null : model);
         // Two cores (adaptive) and one, timed alternately after the same warm-up, so JIT tiering
         // and the machine's load drift hit both alike.
         var (two, one) = TimeInterleaved(NewTokens, Math.Max(warmup, 3), reps,
-            () => Generate((t, s, l) => fast.Step(t, s, l), true), () => Generate((t, s, l) => fastOne.Step(t, s, l), true));
+            () => Generate((t, s, l) => fast.StepArgMax(t, s, l), true), () => Generate((t, s, l) => fastOne.StepArgMax(t, s, l), true));
         rows.Add(two with { Backend = "csharp-cpu-fast", What = "decode" });
         Console.WriteLine($"  two-core decoder: {fast.TeamSteps} of its batch-1 steps ran on both cores (the rest on one: adaptive)");
         rows.Add(one with { Backend = "csharp-cpu-fast-1core", What = "decode" });
@@ -110,10 +110,10 @@ public static class ModelBench
             var qw = Quantized(dtype);
             using var fastQ = new FastCpuDecoder(qw);
             string name = dtype.SpecName();
-            rows.Add(Time($"csharp-cpu-fast-{name}", "decode", NewTokens, Math.Max(warmup, 3), reps, () => Generate((t, s, l) => fastQ.Step(t, s, l), true)));
+            rows.Add(Time($"csharp-cpu-fast-{name}", "decode", NewTokens, Math.Max(warmup, 3), reps, () => Generate((t, s, l) => fastQ.StepArgMax(t, s, l), true)));
             Console.WriteLine($"  {name} decoder: {qw.Bytes / 1024} KiB of weights (+{fastQ.CopyBytes / 1024} KiB of transposed copies) against {CpuWeights.From(p).Bytes / 1024} KiB float32");
         }
-        rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => model.Step(t, s, l), false)));
+        rows.Add(Time("csharp-cpu-reference", "decode", NewTokens, 1, Math.Min(reps, 3), () => Generate((t, s, l) => { model.Step([t], s, l); return Palm.Inference.Sampling.Sampler.ArgMax(l); }, false)));
         if (!decodeOnly)
         {
             var longPrompt = Enumerable.Range(0, PrefillLen).Select(_ => rng.NextInt(V)).ToArray();
@@ -137,7 +137,9 @@ public static class ModelBench
 
     // A prompt's prefill (fast or reference forward), which yields the first new token, then
     // greedy steps until `newTokens` exist; returns the last token (so nothing is optimised away).
-    private static int GenerateGreedy(PalmConfig config, int[] prompt, int newTokens, Action<int[], AodStateSet, float[]> step,
+    // Each step returns the next token: the fast decoders take the argmax inside the step
+    // (StepArgMax, as the CPU backend does for a session's greedy request), the reference after it.
+    private static int GenerateGreedy(PalmConfig config, int[] prompt, int newTokens, Func<int, AodStateSet, float[], int> step,
         FastCpuModel? fastModel, CpuReferenceModel? model)
     {
         int V = config.VocabSize;
@@ -146,8 +148,7 @@ public static class ModelBench
             ? fastModel.Forward(prompt, 1, prompt.Length, st, lastOnly: true).AsSpan(0, V).ToArray()
             : model!.Forward(prompt, 1, prompt.Length, st).AsSpan((prompt.Length - 1) * V, V).ToArray();
         int tok = Palm.Inference.Sampling.Sampler.ArgMax(logits);
-        var one = new int[1];
-        for (int i = 1; i < newTokens; i++) { one[0] = tok; step(one, st, logits); tok = Palm.Inference.Sampling.Sampler.ArgMax(logits); }
+        for (int i = 1; i < newTokens; i++) tok = step(tok, st, logits);
         return tok;
     }
 
@@ -171,7 +172,7 @@ public static class ModelBench
         for (int i = 0; i < 2 * 8 * config.BlockSize; i++) rng.NextInt(config.VocabSize);
         var prompt = Enumerable.Range(0, Prompt).Select(_ => rng.NextInt(config.VocabSize)).ToArray();
         using var fast = new FastCpuDecoder(p);
-        Action gen = () => GenerateGreedy(config, prompt, NewTokens, (t, s, l) => fast.Step(t, s, l), fastModel, null);
+        Action gen = () => GenerateGreedy(config, prompt, NewTokens, (t, s, l) => fast.StepArgMax(t, s, l), fastModel, null);
         // ~2 s a side (at ~20 ms a generation): a window nearer the peer run's several seconds.
         int side = Math.Max(reps, 101);
         Console.WriteLine($"Palm.Bench model --pairs {pairs}: preset {preset}, float32 batch-1 decode ({Prompt}-token prompt, {NewTokens} new tokens), median of {side} generations each side of each peer run, {Environment.ProcessorCount} cores, load {GemmBench.LoadAverage()}");

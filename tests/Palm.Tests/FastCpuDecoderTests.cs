@@ -160,6 +160,55 @@ public class FastCpuDecoderTwoCoreTests
         Assert.Equal(0, one.TeamSteps);
     }
 
+    /// <summary>
+    /// StepArgMax: the logits of Step, and the very index Sampler.ArgMax picks from them, on one
+    /// core and on two, with random heads and with heads made to tie (every row the same: the
+    /// lowest index, across the parts) or to give NaN (row 0: index 0 wins, as the loop; a row of
+    /// the second part: never picked).
+    /// </summary>
+    [Theory]
+    [InlineData("small-shaped")]
+    [InlineData("rank-mean-seq")]
+    [InlineData("full-sum-ffn-cycle")]
+    public void StepArgMaxGivesStepsLogitsAndTheSamplersArgmax(string config)
+    {
+        ulong seed = TestSeed.Next();
+        var c = config == "small-shaped" ? SmallShaped() : ReferenceModelTests.Make(config);
+        int V = c.VocabSize;
+        foreach (string head in new[] { "random", "ties", "nan-first", "nan-late" })
+        {
+            var rng = new Rng(seed);
+            var p = ReferenceModelTests.RandomParams(c, rng);
+            var w = p.Unembed.Factorized ? p.Unembed.W2! : p.Unembed.W!;
+            int cols = w.Cols;
+            if (head == "ties") for (int r = 1; r < V; r++) Array.Copy(w.Data, 0, w.Data, r * cols, cols);
+            if (head == "nan-first") w.Data[0] = float.NaN;
+            if (head == "nan-late") for (int r = V - 1; r > V - 4; r--) w.Data[r * cols] = float.NaN;
+            foreach (int threads in new[] { 1, 2 })
+            {
+                string what = $"seed {seed} {config} head {head} threads {threads}";
+                using var fused = new FastCpuDecoder(p, threads) { AdaptiveTeam = false };
+                using var plain = new FastCpuDecoder(p, threads) { AdaptiveTeam = false };
+                var sf = new AodStateSet(c, 1);
+                var sp = new AodStateSet(c, 1);
+                var lf = new float[V];
+                var lp = new float[V];
+                for (int t = 0; t < 12; t++)
+                {
+                    int tok = rng.NextInt(V);
+                    int got = fused.StepArgMax(tok, sf, lf);
+                    plain.Step([tok], sp, lp);
+                    for (int i = 0; i < V; i++)
+                        Assert.True(BitConverter.SingleToInt32Bits(lf[i]) == BitConverter.SingleToInt32Bits(lp[i]), $"{what} t={t}: logit {i} is {lf[i]:R} from StepArgMax, {lp[i]:R} from Step");
+                    int want = Palm.Inference.Sampling.Sampler.ArgMax(lp);
+                    Assert.True(got == want, $"{what} t={t}: StepArgMax picked {got} ({lf[Math.Max(0, got)]:R}), Sampler.ArgMax {want} ({lp[want]:R})");
+                    Assert.Equal(sp.Position, sf.Position);
+                }
+                if (threads == 2 && Environment.ProcessorCount >= 2) Assert.Equal(12, fused.TeamSteps);
+            }
+        }
+    }
+
     [Fact]
     public void AlignedWeightsHoldTheSameValuesOnCacheLinesAndDecodeBitIdentically()
     {

@@ -61,6 +61,32 @@ public sealed class TokenSamplerTests
     }
 
     [Fact]
+    public void A_row_cut_in_pieces_has_the_argmax_of_its_pieces_answers()
+    {
+        // The decoder's parts each take ArgMaxOfNumbers of their rows; the row's answer is the
+        // first part's unless a later one is strictly larger (a NaN first logit wins outright).
+        var rng = new Rng(TestSeed.Next());
+        float[] specials = [float.NaN, 0f, -0f, float.NegativeInfinity, 1f];
+        for (int trial = 0; trial < 400; trial++)
+        {
+            int n = 1 + rng.NextInt(300);
+            var row = new float[n];
+            for (int i = 0; i < n; i++)
+                row[i] = (trial % 4) switch { 0 => (float)rng.NextGaussian(), 1 => rng.NextInt(3), 2 => specials[rng.NextInt(specials.Length)], _ => float.NaN };
+            if (trial % 4 == 3 && n > 1) row[rng.NextInt(n)] = -5f;   // one number among NaNs
+            int cut = rng.NextInt(n + 1);
+            int a = Sampler.ArgMaxOfNumbers(row.AsSpan(0, cut)), b = Sampler.ArgMaxOfNumbers(row.AsSpan(cut));
+            int whole = Sampler.ArgMaxOfNumbers(row);
+            int combined = a < 0 ? (b < 0 ? -1 : cut + b) : b >= 0 && row[cut + b] > row[a] ? cut + b : a;
+            Assert.True(whole == combined, $"trial {trial}, n {n}, cut {cut}: whole row {whole}, pieces {a} and {b} give {combined}");
+            int want = Sampler.ArgMaxScalar(row);
+            Assert.True(Sampler.ArgMax(row) == want, $"trial {trial}: ArgMax {Sampler.ArgMax(row)}, loop {want}");
+            if (!float.IsNaN(row[0])) Assert.Equal(want, whole);
+            else Assert.True(whole < 0 || !float.IsNaN(row[whole]), $"trial {trial}: a NaN at {whole} won");
+        }
+    }
+
+    [Fact]
     public void Bias_and_penalties_move_the_choice()
     {
         var t = new TokenSampler(Logits.Length);

@@ -62,13 +62,17 @@ internal sealed partial class FastCpuDecoder
                 }
                 finally { Volatile.Write(ref _teamBusy, 0); }
             }
-            else
-            {
-                nint it = (nint)pt, il = (nint)pl;
-                Parallel.For(0, groups, g => RunGroup((int)((long)g * B / groups), (int)((long)(g + 1) * B / groups), (int*)it, states, (float*)il));
-            }
+            else RunGroupsOnPool(groups, B, pt, states, pl);
         }
         for (int b = 0; b < B; b++) states[b].Position++;
+    }
+
+    // The groups on the thread pool. A method of its own: the lambda's captures would otherwise
+    // make every StepMany call allocate their closure, the team's path included.
+    private unsafe void RunGroupsOnPool(int groups, int B, int* pt, IReadOnlyList<AodStateSet> states, float* pl)
+    {
+        nint it = (nint)pt, il = (nint)pl;
+        Parallel.For(0, groups, g => RunGroup((int)((long)g * B / groups), (int)((long)(g + 1) * B / groups), (int*)it, states, (float*)il));
     }
 
     // Sequences [b0, b1): Run's steps for (0, Parts) on one thread, interleaved product by product.

@@ -228,20 +228,22 @@ internal sealed partial class FastCpuDecoder : IDisposable
         foreach (var t in tokens)
             if ((uint)t >= (uint)V) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} outside [0, {V})");
         if (batch == 1) StepOne(tokens[0], state, logits[..V], argMax: false);
-        else
-        {
-            // Sequences are independent: one per worker, each with its own scratch.
-            var toks = tokens.ToArray();
-            unsafe
-            {
-                fixed (float* pl = logits)
-                {
-                    nint il = (nint)pl;
-                    Parallel.For(0, batch, b => StepAlone(toks[b], state, b, new Span<float>((float*)il + (long)b * V, V)));
-                }
-            }
-        }
+        else StepBatch(tokens, state, logits);
         state.Position++;
+    }
+
+    // Sequences of one state set stepped together: independent, one per pool worker, each with
+    // its own scratch. A method of its own: the lambda's captures would otherwise make every
+    // call of Step, batch 1 included, allocate their closure.
+    private unsafe void StepBatch(ReadOnlySpan<int> tokens, AodStateSet state, Span<float> logits)
+    {
+        int V = _c.VocabSize;
+        var toks = tokens.ToArray();
+        fixed (float* pl = logits)
+        {
+            nint il = (nint)pl;
+            Parallel.For(0, state.Batch, b => StepAlone(toks[b], state, b, new Span<float>((float*)il + (long)b * V, V)));
+        }
     }
 
     /// <summary>

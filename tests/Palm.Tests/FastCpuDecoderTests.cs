@@ -209,6 +209,53 @@ public class FastCpuDecoderTwoCoreTests
         }
     }
 
+    /// <summary>
+    /// A warm batch-1 step allocates nothing on the caller's thread (the hot-path rule),
+    /// on one core and with the team, for Step and StepArgMax, from the token-start table or not.
+    /// </summary>
+    [Fact]
+    public void WarmBatchOneStepsAllocateNothing()
+    {
+        var c = SmallShaped();
+        var p = ReferenceModelTests.RandomParams(c, new Rng(TestSeed.Next()));
+        foreach (int threads in new[] { 1, 2 })
+            foreach (int slots in new[] { 0, 64 })
+            {
+                using var dec = new FastCpuDecoder(CpuWeights.From(p).Aligned(), threads, tokenStartSlots: slots) { AdaptiveTeam = false };
+                var st = new AodStateSet(c, 1);
+                var logits = new float[c.VocabSize];
+                int[] one = [0];
+                int tok = 1;
+                void Steps(int n)
+                {
+                    for (int i = 0; i < n; i++)
+                    {
+                        one[0] = tok;
+                        dec.Step(one, st, logits);
+                        tok = dec.StepArgMax((tok * 7 + 3) % c.VocabSize, st, logits);
+                    }
+                }
+                Steps(20);   // the team's thread, the table, the JIT: once
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                Steps(50);
+                long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+                Assert.True(allocated == 0, $"threads {threads}, table slots {slots}: 100 warm steps allocated {allocated} bytes");
+
+                // Two sessions stepped together on the team (a pool hand-off allocates by nature).
+                if (threads == 2 && Environment.ProcessorCount == 2)
+                {
+                    var states = new List<AodStateSet> { new(c, 1), new(c, 1) };
+                    var both = new float[2 * c.VocabSize];
+                    int[] toks = [3, 5];
+                    for (int i = 0; i < 10; i++) dec.StepMany(toks, states, both);
+                    before = GC.GetAllocatedBytesForCurrentThread();
+                    for (int i = 0; i < 50; i++) dec.StepMany(toks, states, both);
+                    allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+                    Assert.True(allocated == 0, $"table slots {slots}: 50 warm two-session steps allocated {allocated} bytes");
+                }
+            }
+    }
+
     [Fact]
     public void AlignedWeightsHoldTheSameValuesOnCacheLinesAndDecodeBitIdentically()
     {
